@@ -1,0 +1,3 @@
+"""cbir: content-based image retrieval at scale on one CPU machine."""
+
+__version__ = "0.1.0"

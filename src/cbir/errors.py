@@ -1,0 +1,27 @@
+"""Errors a user can act on: each says which file, what is wrong and what to do."""
+
+from __future__ import annotations
+
+
+class CbirError(Exception):
+    """An error with a message meant for the user (printed as one line by the CLI)."""
+
+
+class ImageError(CbirError):
+    """An input file that cannot be used as an image.
+
+    Args:
+        path: the file, as the user named it.
+        reason: short, stable reason code ("not-an-image", "truncated", "bomb", ...).
+        detail: human-readable detail.
+    """
+
+    def __init__(self, path: str, reason: str, detail: str = "") -> None:
+        self.path = str(path)
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{self.path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class IndexMismatchError(CbirError):
+    """The index was built with another model than the one asked for."""
