@@ -87,6 +87,7 @@ def decode(data: bytes, path: str = "<bytes>", draft_size: int | None = None) ->
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
             img = ImageOps.exif_transpose(img) or img
+            orig_size = (w, h)
             if img.mode != "RGB":
                 if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
                     rgba = img.convert("RGBA")
@@ -95,6 +96,7 @@ def decode(data: bytes, path: str = "<bytes>", draft_size: int | None = None) ->
                     img = bg
                 else:
                     img = img.convert("RGB")
+            img.info["orig_size"] = orig_size
             return img
     except ImageError:
         raise

@@ -1,0 +1,427 @@
+"""INDEX_DIR: SQLite metadata, append-only feature segments, a derived faiss index.
+
+Layout::
+
+    INDEX_DIR/meta.sqlite        images(id, path, sha256, size, mtime_ns, ...), segments, meta
+    INDEX_DIR/features-<gen>.npy backbone features of the images added at generation <gen>
+    INDEX_DIR/index-<gen>.faiss  the search index (derived: rebuilt from features if lost)
+
+A commit writes its new segment file first (temp, fsync, rename), then changes the
+SQLite rows and the generation number in one transaction: that transaction is the commit
+point. A crash before it leaves an orphan segment (removed later) and the previous state
+intact; a crash after it loses nothing. The faiss file records the generation it covers
+and is brought up to date (or rebuilt) from the features whenever it is behind.
+Ids are SQLite ``AUTOINCREMENT`` keys: stable, never reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cbir.errors import CbirError
+from cbir.utils import atomic_write_bytes, fsync_dir
+
+SCHEMA_VERSION = 1
+DB_NAME = "meta.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    width INTEGER,
+    height INTEGER,
+    tags TEXT NOT NULL DEFAULT '',
+    extra TEXT NOT NULL DEFAULT '{}',
+    seg INTEGER NOT NULL,
+    row INTEGER NOT NULL,
+    vgen INTEGER NOT NULL,
+    added REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_sha ON images(sha256);
+CREATE INDEX IF NOT EXISTS images_seg ON images(seg);
+CREATE TABLE IF NOT EXISTS segments (gen INTEGER PRIMARY KEY, file TEXT NOT NULL, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    query TEXT NOT NULL,
+    result_id INTEGER NOT NULL,
+    relevant INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+@dataclass
+class NewImage:
+    """An image to add (or to replace the vector of, when ``path`` is already indexed)."""
+
+    path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    width: int | None = None
+    height: int | None = None
+    tags: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Touch:
+    """A file whose size/mtime changed but whose content (sha256) did not."""
+
+    id: int
+    size: int
+    mtime_ns: int
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+class IndexStore:
+    """An index directory. Open with :meth:`create` or :meth:`open`."""
+
+    def __init__(self, root: Path, conn: sqlite3.Connection) -> None:
+        self.root = root
+        self.conn = conn
+        self._segment_cache: dict[int, np.ndarray] = {}
+        self._lock_fd: int | None = None
+
+    # ----------------------------------------------------------------- opening
+    @staticmethod
+    def _connect(root: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(root / DB_NAME, timeout=60, isolation_level=None,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=60000")
+        return conn
+
+    @classmethod
+    def exists(cls, root: str | os.PathLike[str]) -> bool:
+        return (Path(root) / DB_NAME).exists()
+
+    @classmethod
+    def create(cls, root: str | os.PathLike[str], config: dict[str, Any]) -> IndexStore:
+        """Create a new, empty index at ``root`` recording ``config`` (model, index type)."""
+        root = Path(root)
+        if cls.exists(root):
+            raise CbirError(f"{root}: an index already exists there")
+        if root.exists() and not root.is_dir():
+            raise CbirError(f"{root}: exists and is not a directory")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            conn = cls._connect(root)
+        except (OSError, sqlite3.Error) as e:
+            raise CbirError(f"{root}: cannot create the index ({e})") from None
+        with conn:
+            conn.executescript(_SCHEMA)
+            for k, v in {
+                "schema": SCHEMA_VERSION,
+                "generation": 0,
+                "created": time.time(),
+                "config": config,
+                "faiss": None,
+            }.items():
+                conn.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (k, json.dumps(v)))
+        fsync_dir(root)
+        return cls(root, conn)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str]) -> IndexStore:
+        """Open an existing index; a clear error when there is none."""
+        root = Path(root)
+        if not cls.exists(root):
+            raise CbirError(f"{root}: no cbir index here (create one with `cbir index IMAGES --index {root}`)")
+        try:
+            conn = cls._connect(root)
+            schema = json.loads(conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0])
+        except (sqlite3.Error, TypeError) as e:
+            raise CbirError(f"{root / DB_NAME}: not a readable cbir index ({e})") from None
+        if schema != SCHEMA_VERSION:
+            raise CbirError(f"{root}: index schema {schema}, this cbir reads {SCHEMA_VERSION}")
+        return cls(root, conn)
+
+    def close(self) -> None:
+        self.unlock()
+        self.conn.close()
+
+    # ------------------------------------------------------------------ meta
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def _set_meta(self, key: str, value: Any) -> None:
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (key, json.dumps(value)),
+        )
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Set one meta value in its own transaction."""
+        with self.transaction():
+            self._set_meta(key, value)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.get_meta("config")
+
+    @property
+    def generation(self) -> int:
+        return int(self.get_meta("generation", 0))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # ---------------------------------------------------------------- locking
+    def lock(self) -> None:
+        """Take the writer lock (one writer at a time); readers never wait for it."""
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CbirError(f"{self.root}: another cbir process is writing this index; wait for it") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ---------------------------------------------------------------- reading
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+
+    def rows(self, ids: Sequence[int] | None = None) -> list[sqlite3.Row]:
+        """Image rows by id (in the order given), or all rows by id."""
+        if ids is None:
+            return list(self.conn.execute("SELECT * FROM images ORDER BY id"))
+        out: dict[int, sqlite3.Row] = {}
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), 900):
+            chunk = ids[start : start + 900]
+            q = f"SELECT * FROM images WHERE id IN ({','.join('?' * len(chunk))})"
+            for r in self.conn.execute(q, chunk):
+                out[r["id"]] = r
+        return [out[i] for i in ids if i in out]
+
+    def row(self, id_: int) -> sqlite3.Row | None:
+        rows = self.rows([id_])
+        return rows[0] if rows else None
+
+    def row_by_path(self, path: str) -> sqlite3.Row | None:
+        return self.conn.execute("SELECT * FROM images WHERE path=?", (path,)).fetchone()
+
+    def rows_under(self, prefix: str) -> dict[str, sqlite3.Row]:
+        """Rows whose path is ``prefix`` or lies under the folder ``prefix``."""
+        pre = prefix.rstrip(os.sep) + os.sep
+        rows = self.conn.execute(
+            "SELECT * FROM images WHERE path = ? OR substr(path, 1, ?) = ?",
+            (prefix, len(pre), pre),
+        )
+        return {r["path"]: r for r in rows}
+
+    def ids_by_sha(self, sha: str) -> list[int]:
+        return [r[0] for r in self.conn.execute("SELECT id FROM images WHERE sha256=?", (sha,))]
+
+    def _segment(self, gen: int) -> np.ndarray:
+        seg = self._segment_cache.get(gen)
+        if seg is None:
+            path = self.root / f"features-{gen:08d}.npy"
+            try:
+                seg = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise CbirError(f"{path}: feature segment unreadable ({e}); run `cbir check`") from None
+            self._segment_cache[gen] = seg
+        return seg
+
+    def features(self, ids: Sequence[int]) -> np.ndarray:
+        """Backbone features of ``ids`` (in that order), float32."""
+        rows = self.rows(ids)
+        if len(rows) != len(ids):
+            known = {r["id"] for r in rows}
+            missing = [i for i in ids if int(i) not in known]
+            raise CbirError(f"unknown image id(s): {missing[:5]}")
+        if not rows:
+            return np.zeros((0, self.config["feature_dim"]), np.float32)
+        out = np.empty((len(rows), self._segment(rows[0]["seg"]).shape[1]), np.float32)
+        for i, r in enumerate(rows):
+            out[i] = self._segment(r["seg"])[r["row"]]
+        return out
+
+    def iter_features(self, where: str = "", args: Sequence[Any] = ()) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, features) per segment, for all live rows (optionally filtered)."""
+        cond = f" AND {where}" if where else ""
+        for (gen,) in self.conn.execute("SELECT gen FROM segments ORDER BY gen").fetchall():
+            rows = self.conn.execute(
+                f"SELECT id, row FROM images WHERE seg=?{cond} ORDER BY row", (gen, *args)
+            ).fetchall()
+            if not rows:
+                continue
+            ids = np.array([r[0] for r in rows], np.int64)
+            idx = np.array([r[1] for r in rows], np.int64)
+            yield ids, np.asarray(self._segment(gen)[idx], np.float32)
+
+    # ---------------------------------------------------------------- writing
+    def commit(
+        self,
+        added: Sequence[NewImage] = (),
+        features: np.ndarray | None = None,
+        touched: Sequence[Touch] = (),
+        deleted: Sequence[int] = (),
+    ) -> dict[str, list[int]]:
+        """Commit one batch of changes atomically; returns the ids added/replaced/deleted.
+
+        ``added[i]`` goes with ``features[i]``. An ``added`` path that is already indexed
+        keeps its id and gets the new vector.
+        """
+        gen = self.generation + 1
+        seg_file = f"features-{gen:08d}.npy"
+        wrote = False
+        if added:
+            if features is None or len(features) != len(added):
+                raise ValueError("commit: one feature row per added image")
+            atomic_write_bytes(self.root / seg_file, _npy_bytes(features))
+            wrote = True
+        now = time.time()
+        result: dict[str, list[int]] = {"added": [], "replaced": [], "deleted": []}
+        try:
+            with self.transaction() as c:
+                if self.generation != gen - 1:
+                    raise CbirError(f"{self.root}: changed by another writer during this commit")
+                for i, im in enumerate(added):
+                    old = c.execute("SELECT id FROM images WHERE path=?", (im.path,)).fetchone()
+                    vals = (im.sha256, im.size, im.mtime_ns, im.width, im.height, im.tags,
+                            json.dumps(im.extra), gen, i, gen)
+                    if old is None:
+                        cur = c.execute(
+                            "INSERT INTO images(sha256, size, mtime_ns, width, height, tags, extra,"
+                            " seg, row, vgen, path, added) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                            (*vals, im.path, now),
+                        )
+                        result["added"].append(int(cur.lastrowid))
+                    else:
+                        c.execute(
+                            "UPDATE images SET sha256=?, size=?, mtime_ns=?, width=?, height=?, tags=?,"
+                            " extra=?, seg=?, row=?, vgen=? WHERE id=?",
+                            (*vals, old[0]),
+                        )
+                        result["replaced"].append(int(old[0]))
+                for t in touched:
+                    c.execute("UPDATE images SET size=?, mtime_ns=? WHERE id=?", (t.size, t.mtime_ns, t.id))
+                for id_ in deleted:
+                    if c.execute("DELETE FROM images WHERE id=?", (int(id_),)).rowcount:
+                        result["deleted"].append(int(id_))
+                if wrote:
+                    c.execute("INSERT INTO segments(gen, file, n) VALUES (?, ?, ?)", (gen, seg_file, len(added)))
+                self._set_meta("generation", gen)
+        except BaseException:
+            if wrote:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.root / seg_file)
+            raise
+        return result
+
+    def delete(self, ids: Sequence[int]) -> list[int]:
+        """Delete images by id (one commit); returns the ids that existed."""
+        return self.commit(deleted=ids)["deleted"]
+
+    def set_tags(self, id_: int, tags: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE images SET tags=? WHERE id=?", (tags, int(id_)))
+
+    def compact(self, force: bool = False) -> bool:
+        """Merge segments into one when many rows are dead or segments are many."""
+        segs = self.conn.execute("SELECT gen, n FROM segments").fetchall()
+        total = sum(s[1] for s in segs)
+        live = self.count()
+        if not force and len(segs) <= 16 and (total == 0 or live / total >= 0.5):
+            return False
+        gen = self.generation + 1
+        seg_file = f"features-{gen:08d}.npy"
+        ids_parts, feats_parts = [], []
+        for ids, feats in self.iter_features():
+            ids_parts.append(ids)
+            feats_parts.append(feats)
+        if ids_parts:
+            ids = np.concatenate(ids_parts)
+            feats = np.concatenate(feats_parts)
+            atomic_write_bytes(self.root / seg_file, _npy_bytes(feats))
+        else:
+            ids = np.zeros(0, np.int64)
+        try:
+            with self.transaction() as c:
+                c.executemany("UPDATE images SET seg=?, row=? WHERE id=?",
+                              [(gen, i, int(id_)) for i, id_ in enumerate(ids)])
+                c.execute("DELETE FROM segments")
+                if len(ids):
+                    c.execute("INSERT INTO segments(gen, file, n) VALUES (?, ?, ?)", (gen, seg_file, len(ids)))
+                self._set_meta("generation", gen)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(self.root / seg_file)
+            raise
+        self._segment_cache.clear()
+        self.cleanup()
+        return True
+
+    def cleanup(self) -> None:
+        """Drop empty segments and delete files that no committed state refers to."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM segments WHERE gen NOT IN (SELECT DISTINCT seg FROM images)")
+        keep = {r[0] for r in self.conn.execute("SELECT file FROM segments")}
+        fa = self.get_meta("faiss") or {}
+        keep |= {fa.get("file"), fa.get("previous")}
+        for p in self.root.iterdir():
+            if p.name.startswith(("features-", "index-", ".features-", ".index-")) and p.name not in keep:
+                if p.name.startswith(".") and time.time() - p.stat().st_mtime < 3600:
+                    continue  # a temp file another writer may still be writing
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    self._segment_cache.pop(int(p.stem.split("-")[1]) if p.stem.split("-")[1].isdigit() else -1, None)
+
+    # -------------------------------------------------------------- feedback
+    def add_feedback(self, query: str, result_id: int, relevant: bool) -> int:
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT INTO feedback(query, result_id, relevant, created) VALUES (?,?,?,?)",
+                (query, int(result_id), int(bool(relevant)), time.time()),
+            )
+            return int(cur.lastrowid)
+
+    def feedback(self) -> list[sqlite3.Row]:
+        return list(self.conn.execute("SELECT * FROM feedback ORDER BY id"))
+
+    # ------------------------------------------------------------------ info
+    def size_on_disk(self) -> int:
+        return sum(p.stat().st_size for p in self.root.iterdir() if p.is_file())

@@ -1,0 +1,206 @@
+"""Keep the search index of a store in step with its committed features.
+
+The faiss file is derived data: it records the store generation it covers and the
+transform it was built with. :func:`refresh` brings it up to date incrementally (add the
+new vectors, remove the deleted ids) or rebuilds it where the index type cannot remove
+or the transform changed; :func:`load` gives readers an up-to-date index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import numpy as np
+
+from cbir.heads.transform import Transform, load_transform, spec_digest
+from cbir.index import faiss_index as fi
+from cbir.index.store import IndexStore
+
+TRAIN_SAMPLE = 200_000
+
+
+def _is_binary(transform: Transform) -> bool:
+    return transform.kind == "binary"
+
+
+def _make(index_type: str, transform: Transform):
+    if _is_binary(transform):
+        from cbir.index.binary_index import make_binary_index
+
+        return make_binary_index(index_type, transform.dim)
+    return fi.make_float_index(index_type, transform.dim)
+
+
+def _read(path, transform: Transform):
+    if _is_binary(transform):
+        from cbir.index.binary_index import load_binary_index
+
+        return load_binary_index(path)
+    return fi.read_index(path)
+
+
+def _write(index, path, transform: Transform) -> None:
+    if _is_binary(transform):
+        index.save(path)
+    else:
+        fi.write_index(index, path)
+
+
+def _ids(index, transform: Transform) -> np.ndarray:
+    return index.ids() if _is_binary(transform) else fi.index_ids(index)
+
+
+def _remove(index, ids: np.ndarray, transform: Transform) -> bool:
+    if _is_binary(transform):
+        try:
+            index.remove_ids(ids)
+        except (RuntimeError, NotImplementedError):
+            return False
+        return True
+    return fi.try_remove(index, ids)
+
+
+def _add(index, vectors: np.ndarray, ids: np.ndarray, transform: Transform) -> None:
+    if len(ids) == 0:
+        return
+    if _is_binary(transform):
+        index.add_with_ids(vectors, ids)
+    else:
+        index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids)
+
+
+def _train(index, store: IndexStore, transform: Transform, index_type: str) -> None:
+    if _is_binary(transform):
+        if getattr(index, "is_trained", True):
+            return
+        sample = _sample(store, transform)
+        index.train(sample)
+        return
+    if not index.is_trained:
+        fi.train_if_needed(index, _sample(store, transform), index_type)
+
+
+def _sample(store: IndexStore, transform: Transform) -> np.ndarray:
+    parts, n = [], 0
+    for _, feats in store.iter_features():
+        parts.append(transform(feats))
+        n += len(feats)
+        if n >= TRAIN_SAMPLE:
+            break
+    if not parts:
+        return np.zeros((0, transform.dim), np.float32)
+    return np.concatenate(parts)[:TRAIN_SAMPLE]
+
+
+def current_transform(store: IndexStore) -> Transform:
+    """The transform recorded in the index."""
+    return load_transform(store.get_meta("transform") or {"kind": "frozen"}, store.root)
+
+
+def _fit_transform(store: IndexStore, transform: Transform) -> Transform:
+    spec_before = transform.spec()
+    feats = [f for _, f in store.iter_features()]
+    if feats:
+        transform.fit(np.concatenate(feats)[:TRAIN_SAMPLE])
+    if transform.spec() != spec_before:
+        store.set_meta("transform", transform.spec())
+    return transform
+
+
+def build(store: IndexStore, transform: Transform, index_type: str):
+    """A new index of every live image."""
+    transform = _fit_transform(store, transform)
+    index = _make(index_type, transform)
+    _train(index, store, transform, index_type)
+    for ids, feats in store.iter_features():
+        _add(index, transform(feats), ids, transform)
+    return index
+
+
+def _up_to_date(store: IndexStore, transform: Transform, index_type: str) -> tuple[Any, dict | None]:
+    """(index, its meta) if the stored index file matches the transform, else (None, meta)."""
+    fa = store.get_meta("faiss")
+    if not fa or fa.get("spec") != spec_digest(transform.spec()) or fa.get("index_type") != index_type:
+        return None, fa
+    path = store.root / fa["file"]
+    if not path.exists():
+        return None, fa
+    try:
+        return _read(path, transform), fa
+    except Exception:  # a damaged derived file is rebuilt, never trusted
+        return None, fa
+
+
+def sync(store: IndexStore, index, fa: dict, transform: Transform) -> Any | None:
+    """Bring ``index`` (built at generation ``fa['gen']``) up to the store's generation.
+
+    Returns the index, or None when the index type cannot remove and a rebuild is needed.
+    """
+    built_at = int(fa["gen"])
+    live = np.array([r[0] for r in store.conn.execute("SELECT id FROM images")], np.int64)
+    stale = np.array(
+        [r[0] for r in store.conn.execute("SELECT id FROM images WHERE vgen > ?", (built_at,))],
+        np.int64,
+    )
+    present = _ids(index, transform)
+    gone = np.setdiff1d(present, live)
+    remove = np.union1d(gone, np.intersect1d(stale, present))
+    if not _remove(index, remove, transform):
+        return None
+    if len(stale):
+        feats = store.features(stale.tolist())
+        _add(index, transform(feats), stale, transform)
+    return index
+
+
+def refresh(store: IndexStore, transform: Transform | None = None, index_type: str | None = None, force: bool = False):
+    """Update (or rebuild) the index file to the store's generation; returns the index.
+
+    Needs the writer lock (the caller holds it).
+    """
+    transform = transform or current_transform(store)
+    index_type = index_type or store.config["index_type"]
+    gen = store.generation
+    index, fa = (None, store.get_meta("faiss")) if force else _up_to_date(store, transform, index_type)
+    if index is not None and fa is not None and int(fa["gen"]) == gen:
+        return index
+    if index is not None and fa is not None:
+        index = sync(store, index, fa, transform)
+    if index is None:
+        index = build(store, transform, index_type)
+    name = f"index-{gen:08d}.{'bidx' if _is_binary(transform) else 'faiss'}"
+    _write(index, store.root / name, transform)
+    meta = {
+        "file": name,
+        "gen": gen,
+        "spec": spec_digest(transform.spec()),
+        "index_type": index_type,
+        "previous": (fa or {}).get("file") if (fa or {}).get("file") != name else None,
+    }
+    store.set_meta("faiss", meta)
+    with contextlib.suppress(OSError):
+        store.cleanup()
+    return index
+
+
+def load(store: IndexStore) -> tuple[Any, Transform, int]:
+    """(index, transform, generation) for readers: the file if up to date, else built in memory."""
+    while True:
+        gen = store.generation
+        transform = current_transform(store)
+        index_type = store.config["index_type"]
+        index, fa = _up_to_date(store, transform, index_type)
+        if index is not None and fa is not None and int(fa["gen"]) != gen:
+            index = sync(store, index, fa, transform)
+        if index is None:
+            index = build(store, transform, index_type)
+        if store.generation == gen:  # no commit happened while we read
+            return index, transform, gen
+
+
+def index_file_size(store: IndexStore) -> int:
+    fa = store.get_meta("faiss") or {}
+    p = store.root / fa.get("file", "-")
+    return os.path.getsize(p) if p.exists() else 0

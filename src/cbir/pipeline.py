@@ -1,0 +1,274 @@
+"""The main job: index a folder of images (incrementally) into an index directory.
+
+Like rclip, a second run embeds only new or changed files: a file whose path, size and
+mtime are unchanged is skipped without reading it; a changed file is hashed, and only a
+new sha256 is embedded again; content already indexed under another path (a copy, a
+move) reuses its stored features; files that are gone are dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cbir.backbones.efficientnet_lite import get_backbone
+from cbir.backbones.embed import embed_stream
+from cbir.data.folder import find_images
+from cbir.data.images import decode, read_bytes
+from cbir.errors import CbirError
+from cbir.heads.transform import FrozenTransform, Transform
+from cbir.index import vector_index
+from cbir.index.store import IndexStore, NewImage, Touch
+
+DEFAULT_INDEX_TYPE = "Flat"
+DEFAULT_SIZE = 224
+
+
+@dataclass
+class IndexSummary:
+    """What one ``cbir index`` run did."""
+
+    images_dir: str
+    index_dir: str
+    found: int = 0
+    indexed: int = 0
+    reused: int = 0
+    unchanged: int = 0
+    touched: int = 0
+    removed: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    total: int = 0
+    seconds: float = 0.0
+    embedded_per_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["n_failed"] = len(self.failed)
+        return d
+
+    def lines(self) -> list[str]:
+        out = [
+            f"indexed {self.indexed} new or changed image(s)"
+            + (f" ({self.reused} reused from identical content)" if self.reused else "")
+            + f", {self.unchanged} unchanged, {self.removed} removed, {len(self.failed)} failed"
+            f" -> {self.total} in {self.index_dir} ({self.seconds:.1f} s"
+            + (f", {self.embedded_per_s:.0f} img/s" if self.embedded_per_s else "")
+            + ")"
+        ]
+        for f in self.failed[:50]:
+            out.append(f"  failed: {f['path']}: {f['reason']}" + (f" ({f['detail']})" if f.get("detail") else ""))
+        if len(self.failed) > 50:
+            out.append(f"  ... and {len(self.failed) - 50} more (see --json)")
+        return out
+
+
+def top_classes(logits: np.ndarray, k: int = 5) -> list[list[list[float]]]:
+    """Top-k ImageNet (class id, probability) pairs per row of logits."""
+    z = logits - logits.max(1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(1, keepdims=True)
+    top = np.argsort(-p, axis=1)[:, :k]
+    return [[[int(c), round(float(p[i, c]), 4)] for c in top[i]] for i in range(len(p))]
+
+
+def create_or_open(
+    index_dir: str | os.PathLike[str],
+    index_type: str | None = None,
+    size: int | None = None,
+    center: bool | None = None,
+    transform: Transform | None = None,
+) -> IndexStore:
+    """Open ``index_dir``, or create it with the given model and index settings.
+
+    Settings given for an existing index must match what it was built with.
+    """
+    root = Path(index_dir)
+    if IndexStore.exists(root):
+        store = IndexStore.open(root)
+        cfg = store.config
+        if index_type is not None and index_type != cfg["index_type"]:
+            raise CbirError(
+                f"{root} was built with --index-type {cfg['index_type']!r}, not {index_type!r};"
+                " use another --index directory (or `cbir rebuild`)"
+            )
+        if size is not None and size != cfg["backbone"]["preprocess"]["size"]:
+            raise CbirError(
+                f"{root} was built at --size {cfg['backbone']['preprocess']['size']}, not {size};"
+                " use another --index directory"
+            )
+        if center is not None and bool(center) != bool(store.get_meta("transform", {}).get("center")):
+            raise CbirError(f"{root} was built with a different --center setting")
+        return store
+    backbone = get_backbone(size or DEFAULT_SIZE)
+    transform = transform or FrozenTransform(dim=backbone.dim, center=bool(center))
+    config = {
+        "backbone": backbone.fingerprint,
+        "feature_dim": backbone.dim,
+        "index_type": index_type or DEFAULT_INDEX_TYPE,
+        "kind": transform.kind,
+    }
+    store = IndexStore.create(root, config)
+    store.set_meta("transform", transform.spec())
+    return store
+
+
+def backbone_for(store: IndexStore):
+    """The backbone an index was built with (refuses a different model)."""
+    fp = store.config["backbone"]
+    backbone = get_backbone(fp["preprocess"]["size"], fp["preprocess"]["mode"])
+    if backbone.fingerprint != fp:
+        raise CbirError(
+            f"{store.root} was built with {fp['backbone']} weights {fp['weights']};"
+            f" this cbir has {backbone.fingerprint['backbone']} {backbone.fingerprint['weights']}."
+            " Re-index into a new --index directory"
+        )
+    return backbone
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def index_folder(
+    images_dir: str | os.PathLike[str],
+    index_dir: str | os.PathLike[str],
+    *,
+    batch_size: int = 64,
+    workers: int = 2,
+    index_type: str | None = None,
+    size: int | None = None,
+    center: bool | None = None,
+    commit_every: int = 4096,
+    progress: bool | None = None,
+) -> IndexSummary:
+    """Index (or update the index of) every image under ``images_dir``."""
+    t0 = time.perf_counter()
+    root = Path(os.path.abspath(os.fspath(images_dir)))
+    if not root.exists():
+        raise CbirError(f"{images_dir}: no such folder")
+    files = find_images(root)
+    if not files and not IndexStore.exists(index_dir):
+        raise CbirError(f"{images_dir}: no images found (looked for jpg, png, webp, bmp, gif, tiff)")
+    store = create_or_open(index_dir, index_type, size, center)
+    summary = IndexSummary(images_dir=str(root), index_dir=str(index_dir), found=len(files))
+    store.lock()
+    try:
+        _index_files(store, root, files, summary, batch_size, workers, commit_every, progress)
+        vector_index.refresh(store)
+        store.compact()
+        summary.total = store.count()
+    finally:
+        store.close()
+    summary.seconds = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+def _index_files(
+    store: IndexStore,
+    root: Path,
+    files: list[Path],
+    summary: IndexSummary,
+    batch_size: int,
+    workers: int,
+    commit_every: int,
+    progress: bool | None,
+) -> None:
+    backbone = backbone_for(store)
+    existing = store.rows_under(str(root))
+    seen: set[str] = set()
+    todo: list[tuple[str, os.stat_result]] = []
+    for p in files:
+        path = str(p)
+        seen.add(path)
+        try:
+            st = p.stat()
+        except OSError as e:
+            summary.failed.append({"path": path, "reason": "unreadable", "detail": e.strerror or str(e)})
+            continue
+        row = existing.get(path)
+        if row is not None and row["size"] == st.st_size and row["mtime_ns"] == st.st_mtime_ns:
+            summary.unchanged += 1
+            continue
+        todo.append((path, st))
+    gone = [row["id"] for path, row in existing.items() if path not in seen]
+    known_sha = {r[0]: r[1] for r in store.conn.execute("SELECT sha256, id FROM images")}
+    size = backbone.preprocess.size
+
+    def prepare(item: tuple[str, os.stat_result]) -> tuple[np.ndarray | None, dict]:
+        path, st = item
+        data = read_bytes(path)
+        sha = _sha256(data)
+        info: dict[str, Any] = {"sha": sha, "size": len(data), "mtime_ns": st.st_mtime_ns}
+        old = existing.get(path)
+        if old is not None and old["sha256"] == sha:
+            info["touch"] = old["id"]
+            return None, info
+        if sha in known_sha:
+            info["reuse"] = known_sha[sha]
+            info["width"], info["height"] = None, None
+            return None, info
+        img = decode(data, path, draft_size=size)
+        info["width"], info["height"] = img.info.get("orig_size", img.size)
+        return backbone.preprocess(img), info
+
+    added: list[NewImage] = []
+    feats: list[np.ndarray] = []
+    touched: list[Touch] = []
+    embedded, t_embed = 0, time.perf_counter()
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = None
+    if show and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="img", desc="indexing", file=sys.stderr)
+
+    def flush(final: bool = False) -> None:
+        nonlocal added, feats, touched
+        if not (added or touched or (final and gone)):
+            return
+        f = np.concatenate(feats) if feats else None
+        store.commit(added, f, touched, gone if final else ())
+        added, feats, touched = [], [], []
+
+    for batch in embed_stream(todo, prepare, backbone.run, batch_size, workers):
+        extras = top_classes(batch.logits) if len(batch.logits) else []
+        reuse_ids = [info["reuse"] for _, info, row in batch.ok if row < 0 and "reuse" in info]
+        reuse_feats = dict(zip(reuse_ids, store.features(reuse_ids), strict=True)) if reuse_ids else {}
+        for (path, _st), info, row in batch.ok:
+            if "touch" in info:
+                touched.append(Touch(info["touch"], info["size"], info["mtime_ns"]))
+                summary.touched += 1
+                continue
+            im = NewImage(path, info["sha"], info["size"], info["mtime_ns"], info.get("width"), info.get("height"))
+            if row >= 0:
+                im.extra = {"imagenet": extras[row]}
+                feats.append(batch.features[row : row + 1])
+                embedded += 1
+            else:
+                src = store.row(info["reuse"])
+                if src is not None:
+                    im.width, im.height, im.extra = src["width"], src["height"], json.loads(src["extra"])
+                feats.append(reuse_feats[info["reuse"]][None])
+                summary.reused += 1
+            added.append(im)
+            summary.indexed += 1
+        for (path, _st), err in batch.failed:
+            summary.failed.append({"path": path, "reason": err.reason, "detail": err.detail})
+        if bar is not None:
+            bar.update(len(batch.ok) + len(batch.failed))
+        if len(added) >= commit_every:
+            flush()
+    flush(final=True)
+    if bar is not None:
+        bar.close()
+    summary.removed = len(gone)
+    dt = time.perf_counter() - t_embed
+    summary.embedded_per_s = round(embedded / dt, 1) if embedded and dt > 0 else 0.0
