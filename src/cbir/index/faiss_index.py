@@ -1,8 +1,9 @@
 """Float vector indexes on faiss: any index_factory string, inner product, ids kept.
 
-Every index is wrapped in ``IndexIDMap2`` so ids are the store's stable ids, and
-``remove_ids`` works wherever the inner index supports it (Flat, IVF); HNSW cannot
-remove, so the store rebuilds it from the stored features instead.
+Indexes carry the store's stable ids: IVF indexes natively (``add_with_ids``), others
+wrapped in ``IndexIDMap2`` (whose ``remove_ids`` assumes Flat-style renumbering, wrong
+for IVF, hence IVF is never wrapped). HNSW cannot remove, so the store rebuilds it from
+the stored features instead.
 """
 
 from __future__ import annotations
@@ -39,7 +40,16 @@ def make_float_index(index_type: str, dim: int) -> faiss.Index:
             f"--index-type {index_type!r} is not a faiss index_factory string for {dim}-d vectors"
             f" ({first}); try 'Flat', 'HNSW32' or 'IVF1024,PQ32'"
         ) from None
+    if _ivf(inner) is not None:
+        return inner
     return faiss.IndexIDMap2(inner)
+
+
+def _ivf(index: faiss.Index):
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
 
 
 def train_if_needed(index: faiss.Index, sample: np.ndarray, index_type: str) -> None:
@@ -56,8 +66,17 @@ def train_if_needed(index: faiss.Index, sample: np.ndarray, index_type: str) -> 
 
 
 def index_ids(index: faiss.Index) -> np.ndarray:
-    """The ids stored in an ``IndexIDMap2``."""
-    return faiss.vector_to_array(index.id_map).astype(np.int64)
+    """The ids stored in an index made by :func:`make_float_index`."""
+    if hasattr(index, "id_map"):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    ivf = _ivf(index)
+    inv = ivf.invlists
+    parts = [
+        faiss.rev_swig_ptr(inv.get_ids(i), inv.list_size(i)).copy()
+        for i in range(ivf.nlist)
+        if inv.list_size(i)
+    ]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 def try_remove(index: faiss.Index, ids: np.ndarray) -> bool:
@@ -80,3 +99,16 @@ def write_index(index: faiss.Index, path: str | Path) -> None:
 def read_index(path: str | Path) -> faiss.Index:
     """Read a faiss index written by :func:`write_index`."""
     return faiss.read_index(str(path))
+
+
+def set_search_params(index: faiss.Index, nprobe: int | None = None, ef_search: int | None = None) -> None:
+    """Set IVF ``nprobe`` (default min(nlist, 32)) and HNSW ``efSearch`` (default 64).
+
+    faiss's own defaults (nprobe=1, efSearch=16) trade too much recall for speed.
+    """
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+    ivf = _ivf(inner)
+    if ivf is not None:
+        ivf.nprobe = nprobe or min(ivf.nlist, 32)
+    if hasattr(inner, "hnsw"):
+        inner.hnsw.efSearch = ef_search or 64

@@ -57,6 +57,11 @@ class Searcher:
             gen = self.store.generation
             if gen != self._gen:
                 index, transform, gen = vector_index.load(self.store)
+                if transform.kind == "float":
+                    from cbir.index.faiss_index import set_search_params
+
+                    cfg = self.store.config
+                    set_search_params(index, cfg.get("nprobe"), cfg.get("ef_search"))
                 self._index, self.transform, self._gen = index, transform, gen
 
     @property

@@ -1,0 +1,62 @@
+"""Shared fixtures: small real images (scikit-image's bundled photos, Fashion-MNIST)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PHOTOS = [
+    "astronaut", "camera", "chelsea", "coffee", "coins", "horse", "moon",
+    "page", "rocket", "text", "immunohistochemistry", "hubble_deep_field", "logo",
+]  # fmt: skip
+FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
+
+
+def photo_arrays() -> dict[str, np.ndarray]:
+    from skimage import data
+
+    out = {}
+    for name in PHOTOS:
+        a = getattr(data, name)()
+        if a.dtype != np.uint8:
+            a = (a * 255).astype(np.uint8) if a.max() <= 1 else a.astype(np.uint8)
+        if a.ndim == 3 and a.shape[2] == 4:
+            a = a[:, :, :3]
+        out[name] = a
+    return out
+
+
+@pytest.fixture(scope="session")
+def photos_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of 14 real photos as JPEG and PNG, some in a sub-folder."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "sub").mkdir()
+    for i, (name, a) in enumerate(photo_arrays().items()):
+        img = Image.fromarray(a).convert("RGB")
+        folder = root / "sub" if i % 2 else root
+        img.save(folder / (f"{name}.jpg" if i % 3 else f"{name}.png"), quality=92)
+    return root
+
+
+@pytest.fixture
+def photos_copy(photos_dir: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of :func:`photos_dir`."""
+    import shutil
+
+    dst = tmp_path / "photos"
+    shutil.copytree(photos_dir, dst)
+    return dst
+
+
+def fashion_available() -> bool:
+    return (FASHION_ROOT / "t10k-images-idx3-ubyte.gz").exists()
+
+
+needs_fashion = pytest.mark.skipif(
+    not fashion_available() and not os.environ.get("CI"),
+    reason="Debian's dataset-fashion-mnist is not installed (make test installs it)",
+)
