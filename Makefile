@@ -14,13 +14,21 @@ setup: $(STAMP) system-deps
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0 -e '.[test]'
+	$(BIN)/pip install -q torch==2.13.0 -e '.[test,ray,milvus]'
 	touch $(STAMP)
 
 system-deps:
 	@if [ ! -f $(FASHION) ]; then \
 	  echo "installing Debian's dataset-fashion-mnist"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  echo "installing Debian's chromium and chromium-driver (browser test of the web page)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; \
+	fi
+	@if [ ! -x /usr/bin/wrk ]; then \
+	  echo "installing Debian's wrk (loopback load of cbir serve: benchmarks/load.py, soak)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk || echo "no wrk: the load tests use httpx"; \
 	fi
 
 demo: setup

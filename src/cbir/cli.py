@@ -30,33 +30,60 @@ def _human_bytes(n: float) -> str:
 
 # ------------------------------------------------------------------ commands
 def cmd_index(args: argparse.Namespace) -> int:
+    from cbir.distributed import cli as dist
     from cbir.pipeline import index_folder
 
-    summary = index_folder(
-        args.images_dir,
-        args.index,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        index_type=args.index_type,
-        size=args.size,
-        center=True if args.center else None,
-        progress=False if args.json else None,
-    )
+    with dist.engine_for(args) as engine:
+        summary = index_folder(
+            args.images_dir,
+            args.index,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            index_type=args.index_type,
+            size=args.size,
+            center=True if args.center else None,
+            progress=False if args.json else None,
+            model=args.model,
+            engine=engine,
+        )
+    synced = dist.sync_store(args.index, args.store)
     if args.json:
-        _print_json(summary.to_dict())
+        _print_json({**summary.to_dict(), **({"store": synced} if synced else {})})
     else:
         print("\n".join(summary.lines()))
+        if synced:
+            print(f"store {synced.pop('store')}: " + ", ".join(f"{k} {v}" for k, v in synced.items()))
     if summary.found == 0 and summary.total == 0:
         return 1
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from cbir.distributed.cli import open_searcher
     from cbir.search.searcher import Searcher
 
-    searcher = Searcher(args.index_dir)
+    text, where = getattr(args, "text", None), getattr(args, "where", None)
+    if (text is None) == (args.query is None):
+        raise CbirError("give one of QUERY (an image file, a folder or id:N) or --text TEXT")
+    searcher = open_searcher(args)
+    if searcher is not None and (text is not None or where is not None):
+        searcher.close()
+        raise CbirError("--text and --where search the index's own store; drop --store")
+    from cbir.search.rerank import rerank_from_args
+
+    rerank = rerank_from_args(args)
+    if rerank is not None and (searcher is not None or text is not None or where is not None):
+        if searcher is not None:
+            searcher.close()
+        raise CbirError("--rerank re-ranks image queries on the index itself; drop --store, --text and --where")
+    searcher = searcher or Searcher(args.index_dir, rerank=rerank)
     try:
-        results = searcher.search_query(args.query, args.k)
+        if text is not None:
+            results = [(text, searcher.search_text(text, args.k, where, args.text_mode))]
+        elif where is not None:
+            results = searcher.search_query(args.query, args.k, where=where)
+        else:
+            results = searcher.search_query(args.query, args.k)
     finally:
         searcher.close()
     ok = [(q, r) for q, r in results if not isinstance(r, Exception)]
@@ -71,11 +98,11 @@ def cmd_search(args: argparse.Namespace) -> int:
             for h in hits:
                 print(f"  {h.rank:>3}  {h.score:.4f}  {h.path}")
         for _q, e in errors:
-            print(f"cbir: error: {e}", file=sys.stderr)
+            print(f"cbir: error: {_one_line(str(e))}", file=sys.stderr)
     if args.html:
         from cbir.search.html import write_html
 
-        write_html(args.html, ok, title=f"cbir: {args.query}")
+        write_html(args.html, ok, title=f"cbir: {args.query if text is None else text}")
         if not args.json:
             print(f"wrote {args.html}")
     return 1 if errors and not ok else 0
@@ -100,6 +127,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "generation": store.generation,
             "index_file": fa.get("file"),
             "size_on_disk": store.size_on_disk(),
+            "metadata": _metadata_info(store),
         }
     finally:
         store.close()
@@ -114,7 +142,19 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"model:        {info['model'].get('kind')}" + (" (centred)" if info["model"].get("center") else ""))
         print(f"index type:   {info['index_type']}")
         print(f"size on disk: {_human_bytes(info['size_on_disk'])}")
+        md = info["metadata"]
+        print(f"metadata:     {md['images']} image(s) with text" + (f"; fields: {', '.join(md['fields'])}" if md["fields"] else ""))
     return 0
+
+
+def _metadata_info(store: Any) -> dict[str, Any]:
+    """Images with searchable text (sidecar, EXIF, tags) and the metadata field names."""
+    from cbir.index import metadata
+
+    if not metadata.has_tables(store.conn):
+        return {"images": 0, "fields": []}
+    n = store.conn.execute("SELECT COUNT(*) FROM image_text").fetchone()[0]
+    return {"images": int(n), "fields": metadata.known_fields(store.conn)}
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -138,6 +178,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from cbir.distributed import cli as dist_cli
+
     p = argparse.ArgumentParser(prog="cbir", description="Content-based image retrieval on one CPU machine.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -154,14 +196,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--index-type", default=None, help="faiss index_factory string (default Flat; e.g. HNSW32, IVF1024,PQ32)")
     sp.add_argument("--size", type=int, default=None, help="backbone input size in pixels (default 224)")
     sp.add_argument("--center", action="store_true", help="centre features by the collection mean before cosine")
+    sp.add_argument("--model", default=None, metavar="RUN_DIR", help="a `cbir train` run: store its codes / embeddings")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    dist_cli.add_index_options(sp)  # --engine ray, --ray-address, --store milvus:URI
 
-    sp = add("search", cmd_search, "Search an index by image file, folder of images, or id:N.")
+    sp = add("search", cmd_search, "Search an index by image file, folder of images, id:N, or --text.")
     sp.add_argument("index_dir")
-    sp.add_argument("query", help="an image file, a folder of query images, or id:N")
+    sp.add_argument("query", nargs="?", default=None, help="an image file, a folder of query images, or id:N")
+    sp.add_argument("--text", default=None, metavar="TEXT", help="a text query instead of QUERY (see --text-mode)")
+    sp.add_argument("--text-mode", choices=("auto", "metadata", "classes", "joint"), default="auto",
+                    help="metadata: FTS5 over sidecar/EXIF fields and tags; classes: ImageNet class"
+                    " keywords via MiniLM; joint: the index's VSE++ model; auto: metadata, then"
+                    " joint or classes")  # fmt: skip
+    sp.add_argument("--where", default=None, metavar="FILTER",
+                    help="only images passing FILTER, e.g. \"year < 1900 and artist contains 'gogh'\""
+                    " (fields: id, path, name, width, height, size, tags, added, metadata fields)")  # fmt: skip
     sp.add_argument("-k", type=int, default=10, help="results per query")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--html", default=None, metavar="OUT.html", help="write a page of thumbnails")
+    dist_cli.add_search_options(sp)  # --store milvus:URI / shards:DIR, --tag
+    from cbir.search.rerank import add_rerank_arguments
+
+    add_rerank_arguments(sp)  # --rerank qe|alpha-qe|kreciprocal and its parameters
 
     sp = add("info", cmd_info, "Show an index: count, dimension, backbone, index type, size on disk.")
     sp.add_argument("index_dir")
@@ -169,16 +225,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("datasets", cmd_datasets, "List the dataset layouts cbir reads and where it looks for them.")
     sp.add_argument("--json", action="store_true")
+
+    # Further subcommands live next to their stage: each module has
+    # ``register(add)`` where ``add(name, func, help) -> ArgumentParser``.
+    import importlib
+
+    for mod in PLUGINS:
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if not (e.name and mod.startswith(e.name)):
+                raise
+            continue
+        module.register(add)
     return p
 
 
+#: Modules that add subcommands (evaluate, train, serve, check, ...), in help order.
+PLUGINS = (
+    "cbir.eval.cli",
+    "cbir.train.cli",
+    "cbir.search.joint_cli",
+    "cbir.service.cli",
+    "cbir.distributed.cli",
+    "cbir.reliability.cli",
+)
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line (a path may hold a newline)."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print escaped
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except CbirError as e:
-        print(f"cbir: error: {e}", file=sys.stderr)
+        print(f"cbir: error: {_one_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cbir: interrupted; everything committed so far is kept", file=sys.stderr)

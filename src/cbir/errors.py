@@ -25,3 +25,10 @@ class ImageError(CbirError):
 
 class IndexMismatchError(CbirError):
     """The index was built with another model than the one asked for."""
+
+
+class IndexWriteError(CbirError):
+    """The index cannot be written (read-only folder, permissions, full disk, file size limit).
+
+    Raised before or instead of a commit: the last committed state is intact.
+    """

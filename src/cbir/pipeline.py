@@ -26,6 +26,7 @@ from cbir.data.images import decode, read_bytes
 from cbir.errors import CbirError
 from cbir.heads.transform import FrozenTransform, Transform
 from cbir.index import vector_index
+from cbir.index.metadata import exif_from_bytes, exif_from_file, read_sidecars, stored_sidecars
 from cbir.index.store import IndexStore, NewImage, Touch
 
 DEFAULT_INDEX_TYPE = "Flat"
@@ -106,8 +107,32 @@ def create_or_open(
             )
         if center is not None and bool(center) != bool(store.get_meta("transform", {}).get("center")):
             raise CbirError(f"{root} was built with a different --center setting")
+        if transform is not None and hasattr(transform, "backbone") and transform.backbone != cfg["backbone"]:
+            store.close()
+            raise CbirError(
+                f"{root} was built with the {_backbone_desc(cfg['backbone'])}; the model was"
+                f" trained with the {_backbone_desc(transform.backbone)}; index with --model into"
+                " a new --index directory"
+            )
+        if transform is not None:
+            have = store.get_meta("transform", {})
+            want = transform.spec()
+            if have.get("kind") != want.get("kind") or have.get("digest") != want.get("digest"):
+                desc = have.get("method") or have.get("kind", "frozen")
+                store.close()
+                raise CbirError(
+                    f"{root} was built with another model ({desc}); index with --model into a new"
+                    " --index directory"
+                )
         return store
-    backbone = get_backbone(size or DEFAULT_SIZE)
+    if transform is not None and hasattr(transform, "backbone"):
+        trained = transform.backbone["preprocess"]["size"]
+        if size is not None and size != trained:
+            raise CbirError(f"the model was trained at --size {trained}, not {size}")
+        size = trained
+    backbone = get_backbone(size or DEFAULT_SIZE, weights=getattr(transform, "backbone_weights", None))
+    if transform is not None and hasattr(transform, "backbone") and transform.backbone != backbone.fingerprint:
+        raise CbirError("the model was trained on another backbone; retrain it with this cbir")
     transform = transform or FrozenTransform(dim=backbone.dim, center=bool(center))
     config = {
         "backbone": backbone.fingerprint,
@@ -116,14 +141,37 @@ def create_or_open(
         "kind": transform.kind,
     }
     store = IndexStore.create(root, config)
+    if hasattr(transform, "install"):
+        transform.install(store.root)
     store.set_meta("transform", transform.spec())
     return store
 
 
+def _backbone_desc(fp: dict[str, Any]) -> str:
+    from cbir.backbones.efficientnet_lite import is_finetuned
+
+    what = "fine-tuned" if is_finetuned(fp) else "ImageNet"
+    return f"{fp['backbone']} backbone ({what} weights {fp['weights']}, {fp['preprocess']['size']} px)"
+
+
 def backbone_for(store: IndexStore):
-    """The backbone an index was built with (refuses a different model)."""
+    """The backbone an index was built with (refuses a different model).
+
+    A fine-tuned backbone's weights are a file of the index (``backbone-<digest>.pt``,
+    copied there from the ``cbir train --finetune`` run).
+    """
+    from cbir.backbones.efficientnet_lite import is_finetuned
+
     fp = store.config["backbone"]
-    backbone = get_backbone(fp["preprocess"]["size"], fp["preprocess"]["mode"])
+    weights = None
+    if is_finetuned(fp):
+        weights = store.root / f"backbone-{fp['weights']}.pt"
+        if not weights.exists():
+            raise CbirError(
+                f"{store.root} was built with the {_backbone_desc(fp)}, but its weights file"
+                f" {weights.name} is missing from the index; re-index into a new --index directory"
+            )
+    backbone = get_backbone(fp["preprocess"]["size"], fp["preprocess"]["mode"], weights)
     if backbone.fingerprint != fp:
         raise CbirError(
             f"{store.root} was built with {fp['backbone']} weights {fp['weights']};"
@@ -148,8 +196,17 @@ def index_folder(
     center: bool | None = None,
     commit_every: int = 4096,
     progress: bool | None = None,
+    model: str | os.PathLike[str] | None = None,
+    engine: Any = None,
 ) -> IndexSummary:
-    """Index (or update the index of) every image under ``images_dir``."""
+    """Index (or update the index of) every image under ``images_dir``.
+
+    ``model``: a ``cbir train`` run directory (or checkpoint): the index then holds that
+    head's codes or embeddings (the checkpoint is copied into the index).
+    ``engine``: None embeds here (decoding threads + onnxruntime); otherwise an object
+    whose ``embed(todo, classify, backbone, batch_size)`` yields the same ``Batch``es in
+    order (e.g. :class:`cbir.distributed.ray_embed.RayEngine`).
+    """
     t0 = time.perf_counter()
     root = Path(os.path.abspath(os.fspath(images_dir)))
     if not root.exists():
@@ -157,11 +214,20 @@ def index_folder(
     files = find_images(root)
     if not files and not IndexStore.exists(index_dir):
         raise CbirError(f"{images_dir}: no images found (looked for jpg, png, webp, bmp, gif, tiff)")
-    store = create_or_open(index_dir, index_type, size, center)
+    transform = None
+    if model is not None:
+        from cbir.heads.learned import LearnedTransform
+
+        transform = LearnedTransform.from_path(model)
+        if index_type is None and not IndexStore.exists(index_dir) and transform.kind == "binary":
+            index_type = "BFlat"
+        if index_type is None and not IndexStore.exists(index_dir) and transform.kind == "sparse":
+            index_type = "Inverted"  # posting lists over the active units (cbir.index.sparse)
+    store = create_or_open(index_dir, index_type, size, center, transform=transform)
     summary = IndexSummary(images_dir=str(root), index_dir=str(index_dir), found=len(files))
     store.lock()
     try:
-        _index_files(store, root, files, summary, batch_size, workers, commit_every, progress)
+        _index_files(store, root, files, summary, batch_size, workers, commit_every, progress, engine)
         vector_index.refresh(store)
         store.compact()
         summary.total = store.count()
@@ -180,6 +246,7 @@ def _index_files(
     workers: int,
     commit_every: int,
     progress: bool | None,
+    engine: Any = None,
 ) -> None:
     backbone = backbone_for(store)
     existing = store.rows_under(str(root))
@@ -188,6 +255,12 @@ def _index_files(
     for p in files:
         path = str(p)
         seen.add(path)
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:  # the index stores paths as UTF-8 text
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            summary.failed.append({"path": shown, "reason": "bad-name", "detail": "the file name is not UTF-8; rename it"})
+            continue
         try:
             st = p.stat()
         except OSError as e:
@@ -199,21 +272,37 @@ def _index_files(
             continue
         todo.append((path, st))
     gone = [row["id"] for path, row in existing.items() if path not in seen]
+    # Sidecar metadata (metadata.csv / metadata.json / IMG.json) is re-read every run:
+    # rows whose fields changed are rewritten in the final commit, with the deletions.
+    sidecars = read_sidecars(root, files)
+    stored_side = stored_sidecars(store.conn)
+    sidecar_updates = {
+        row["id"]: sidecars.get(path, {})
+        for path, row in existing.items()
+        if path in seen and sidecars.get(path, {}) != stored_side.get(row["id"], {})
+    }
     known_sha = {r[0]: r[1] for r in store.conn.execute("SELECT sha256, id FROM images")}
     size = backbone.preprocess.size
 
-    def prepare(item: tuple[str, os.stat_result]) -> tuple[np.ndarray | None, dict]:
+    def classify(item: tuple[str, os.stat_result], sha: str, nbytes: int) -> dict[str, Any]:
+        """``info`` of a read file; "touch" or "reuse" in it when nothing needs embedding."""
         path, st = item
-        data = read_bytes(path)
-        sha = _sha256(data)
-        info: dict[str, Any] = {"sha": sha, "size": len(data), "mtime_ns": st.st_mtime_ns}
+        info: dict[str, Any] = {"sha": sha, "size": nbytes, "mtime_ns": st.st_mtime_ns}
         old = existing.get(path)
         if old is not None and old["sha256"] == sha:
             info["touch"] = old["id"]
-            return None, info
-        if sha in known_sha:
+        elif sha in known_sha:
             info["reuse"] = known_sha[sha]
             info["width"], info["height"] = None, None
+        return info
+
+    def prepare(item: tuple[str, os.stat_result]) -> tuple[np.ndarray | None, dict]:
+        path, _st = item
+        data = read_bytes(path)
+        info = classify(item, _sha256(data), len(data))
+        if "touch" not in info:
+            info["exif"] = exif_from_bytes(data)
+        if "touch" in info or "reuse" in info:
             return None, info
         img = decode(data, path, draft_size=size)
         info["width"], info["height"] = img.info.get("orig_size", img.size)
@@ -232,13 +321,17 @@ def _index_files(
 
     def flush(final: bool = False) -> None:
         nonlocal added, feats, touched
-        if not (added or touched or (final and gone)):
+        if not (added or touched or (final and (gone or sidecar_updates))):
             return
         f = np.concatenate(feats) if feats else None
-        store.commit(added, f, touched, gone if final else ())
+        store.commit(added, f, touched, gone if final else (), sidecars=sidecar_updates if final else None)
         added, feats, touched = [], [], []
 
-    for batch in embed_stream(todo, prepare, backbone.run, batch_size, workers):
+    if engine is None:
+        batches = embed_stream(todo, prepare, backbone.run, batch_size, workers)
+    else:
+        batches = engine.embed(todo, classify, backbone, batch_size)
+    for batch in batches:
         extras = top_classes(batch.logits) if len(batch.logits) else []
         reuse_ids = [info["reuse"] for _, info, row in batch.ok if row < 0 and "reuse" in info]
         reuse_feats = dict(zip(reuse_ids, store.features(reuse_ids), strict=True)) if reuse_ids else {}
@@ -248,6 +341,8 @@ def _index_files(
                 summary.touched += 1
                 continue
             im = NewImage(path, info["sha"], info["size"], info["mtime_ns"], info.get("width"), info.get("height"))
+            exif = info["exif"] if "exif" in info else exif_from_file(path)
+            im.meta = {"sidecar": sidecars.get(path, {}), "exif": exif}
             if row >= 0:
                 im.extra = {"imagenet": extras[row]}
                 feats.append(batch.features[row : row + 1])

@@ -27,6 +27,8 @@ class ImageSet:
             used to key the feature cache.
         paths: the file of each item where items are files, else None.
         class_names: names of the label ids, where known.
+        parent: for a :meth:`subset`, the set it was taken from and the positions taken
+            (the feature cache slices a cached parent instead of embedding again).
     """
 
     name: str
@@ -35,6 +37,7 @@ class ImageSet:
     keys: Sequence[str]
     paths: Sequence[str] | None = None
     class_names: Sequence[str] | None = None
+    parent: tuple[ImageSet, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels)
@@ -65,7 +68,16 @@ class ImageSet:
             keys=[self.keys[i] for i in idx],
             paths=None if self.paths is None else [self.paths[i] for i in idx],
             class_names=self.class_names,
+            parent=(self, idx),
         )
+
+    def root(self) -> tuple[ImageSet, np.ndarray]:
+        """The set this one was (repeatedly) subset from, and this set's positions in it."""
+        s, idx = self, np.arange(len(self), dtype=np.int64)
+        while s.parent is not None:
+            s, pidx = s.parent
+            idx = pidx[idx]
+        return s, idx
 
 
 @dataclass

@@ -27,7 +27,8 @@ def find_images(root: str | os.PathLike[str]) -> list[Path]:
 
     Hidden files and folders are skipped; symlinked folders are not followed (no loops).
     A file whose name claims an image but whose content is not one is still returned,
-    so that indexing reports it as a failure with its reason.
+    so that indexing reports it as a failure with its reason; so is anything else named
+    like an image that is not a folder (a dangling symlink, a symlink loop, a FIFO).
     """
     root = Path(root)
     if not root.exists():
@@ -41,8 +42,11 @@ def find_images(root: str | os.PathLike[str]) -> list[Path]:
             if name.startswith("."):
                 continue
             p = Path(dirpath) / name
-            if p.is_file() and is_image_candidate(p):
-                out.append(p)
+            if p.is_file():
+                if is_image_candidate(p):
+                    out.append(p)
+            elif p.suffix.lower() in IMAGE_SUFFIXES:
+                out.append(p)  # a dangling link, a link loop, a FIFO: reported when read
     out.sort()
     return out
 

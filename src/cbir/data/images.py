@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def decode(data: bytes, path: str = "<bytes>", draft_size: int | None = None) ->
         raise ImageError(path, "not-an-image", "content is not JPEG/PNG/GIF/WebP/BMP/TIFF")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about damaged metadata on stderr
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             if img.format not in ALLOWED_FORMATS:
@@ -113,13 +115,28 @@ def decode(data: bytes, path: str = "<bytes>", draft_size: int | None = None) ->
 
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
-    """Read a file for decoding, mapping OS errors to :class:`ImageError`."""
+    """Read a file for decoding, mapping OS errors to :class:`ImageError`.
+
+    Only regular files are read: a FIFO, device or socket is refused (reading one could
+    block forever or never end), as is anything that grew past :data:`MAX_BYTES`.
+    """
     p = Path(path)
+    fd = -1
     try:
-        size = p.stat().st_size
-        if size > MAX_BYTES:
-            raise ImageError(str(p), "too-large", f"{size} bytes > limit {MAX_BYTES}")
-        return p.read_bytes()
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError(str(p), "unreadable", "is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(str(p), "unreadable", "not a regular file (a FIFO, socket or device)")
+        if st.st_size > MAX_BYTES:
+            raise ImageError(str(p), "too-large", f"{st.st_size} bytes > limit {MAX_BYTES}")
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            data = f.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise ImageError(str(p), "too-large", f"more than the limit of {MAX_BYTES} bytes")
+        return data
     except ImageError:
         raise
     except IsADirectoryError:
@@ -130,6 +147,9 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
         raise ImageError(str(p), "missing", "file not found") from None
     except OSError as e:
         raise ImageError(str(p), "unreadable", e.strerror or str(e)) from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def open_image(path: str | os.PathLike[str], draft_size: int | None = None) -> Image.Image:

@@ -17,23 +17,33 @@ Ids are SQLite ``AUTOINCREMENT`` keys: stable, never reused.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
 import json
 import os
+import shutil
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cbir.errors import CbirError
+from cbir.errors import CbirError, IndexWriteError
+from cbir.index import metadata
 from cbir.utils import atomic_write_bytes, fsync_dir
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Older schemas this cbir upgrades in place when it opens an index with write access
+#: (read-only, it reads them as they are): version -> function(conn) to the next version.
+MIGRATIONS = {1: metadata.ensure_schema}  # 2: image_meta, meta_fields, image_text (FTS5)
+#: np.load parses .npy headers with ast.literal_eval, and CPython's AST constructor is not
+#: thread-safe (python/cpython#106905: a spurious SystemError): segment loads take turns.
+_LOAD_LOCK = threading.Lock()
 DB_NAME = "meta.sqlite"
 
 _SCHEMA = """
@@ -78,6 +88,8 @@ class NewImage:
     height: int | None = None
     tags: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: {"sidecar": fields, "exif": fields} (cbir.index.metadata); None keeps what is stored.
+    meta: dict[str, dict[str, Any]] | None = None
 
 
 @dataclass
@@ -87,6 +99,16 @@ class Touch:
     id: int
     size: int
     mtime_ns: int
+
+
+def write_error(root: Path, e: BaseException, what: str = "write the index") -> IndexWriteError:
+    """A one-line error for a failed write (full disk, read-only folder, permissions)."""
+    why = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+    return IndexWriteError(f"{root}: cannot {what} ({why}); the last committed state is intact")
+
+
+def _schema(conn: sqlite3.Connection) -> Any:
+    return json.loads(conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0])
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -103,6 +125,9 @@ class IndexStore:
         self.conn = conn
         self._segment_cache: dict[int, np.ndarray] = {}
         self._lock_fd: int | None = None
+        #: True when the folder or database cannot be written (opened read-only), and why.
+        self.read_only = False
+        self.read_only_reason = ""
 
     # ----------------------------------------------------------------- opening
     @staticmethod
@@ -113,6 +138,18 @@ class IndexStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=60000")
+        return conn
+
+    @staticmethod
+    def _connect_read_only(root: Path) -> sqlite3.Connection:
+        """A read-only connection, for an index in a folder this process cannot write."""
+        db = (root / DB_NAME).absolute()
+        wal = root / f"{DB_NAME}-wal"
+        # Without a pending journal the file is all there is: immutable needs no -shm file.
+        immutable = not wal.exists() or wal.stat().st_size == 0
+        uri = db.as_uri() + "?mode=ro" + ("&immutable=1" if immutable else "")
+        conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
         return conn
 
     @classmethod
@@ -127,22 +164,43 @@ class IndexStore:
             raise CbirError(f"{root}: an index already exists there")
         if root.exists() and not root.is_dir():
             raise CbirError(f"{root}: exists and is not a directory")
+        # Built in a temp file and linked into place: a crash leaves no index or a whole one.
+        tmp = root / f".{DB_NAME}.{os.getpid()}.tmp"
         try:
             root.mkdir(parents=True, exist_ok=True)
+            for stale in (tmp, Path(f"{tmp}-journal")):  # left by a killed process of this pid
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(stale)
+            with contextlib.closing(sqlite3.connect(tmp, isolation_level=None)) as conn:
+                conn.executescript(_SCHEMA)
+                conn.executescript(metadata.METADATA_DDL)
+                for k, v in {
+                    "schema": SCHEMA_VERSION,
+                    "generation": 0,
+                    "created": time.time(),
+                    "config": config,
+                    "faiss": None,
+                }.items():
+                    conn.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (k, json.dumps(v)))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, root / DB_NAME)  # fails if another process created one meanwhile
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links on this file system (FAT, some network shares)
+                if cls.exists(root):
+                    raise FileExistsError(root / DB_NAME) from None
+                os.replace(tmp, root / DB_NAME)
+            fsync_dir(root)
             conn = cls._connect(root)
+        except FileExistsError:
+            raise CbirError(f"{root}: an index already exists there") from None
         except (OSError, sqlite3.Error) as e:
             raise CbirError(f"{root}: cannot create the index ({e})") from None
-        with conn:
-            conn.executescript(_SCHEMA)
-            for k, v in {
-                "schema": SCHEMA_VERSION,
-                "generation": 0,
-                "created": time.time(),
-                "config": config,
-                "faiss": None,
-            }.items():
-                conn.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (k, json.dumps(v)))
-        fsync_dir(root)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         return cls(root, conn)
 
     @classmethod
@@ -151,14 +209,44 @@ class IndexStore:
         root = Path(root)
         if not cls.exists(root):
             raise CbirError(f"{root}: no cbir index here (create one with `cbir index IMAGES --index {root}`)")
+        why = ""
+        if not (os.access(root, os.W_OK) and os.access(root / DB_NAME, os.W_OK)):
+            why = "the index folder or its database is not writable (read-only or permission denied)"
         try:
-            conn = cls._connect(root)
-            schema = json.loads(conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0])
+            try:
+                conn = cls._connect_read_only(root) if why else cls._connect(root)
+                schema = _schema(conn)
+            except sqlite3.OperationalError as e:
+                if why:
+                    raise
+                # E.g. a full disk: SQLite cannot make its shared-memory file. Read without it.
+                conn = cls._connect_read_only(root)
+                schema = _schema(conn)
+                full = shutil.disk_usage(root).free == 0
+                why = os.strerror(errno.ENOSPC) if full else f"it cannot be opened for writing ({e})"
         except (sqlite3.Error, TypeError) as e:
-            raise CbirError(f"{root / DB_NAME}: not a readable cbir index ({e})") from None
-        if schema != SCHEMA_VERSION:
+            hint = " (a read-only copy with a pending journal: open it once with write access)" if why else ""
+            raise CbirError(f"{root / DB_NAME}: not a readable cbir index ({e}){hint}") from None
+        if schema != SCHEMA_VERSION and not (schema in MIGRATIONS and schema < SCHEMA_VERSION):
             raise CbirError(f"{root}: index schema {schema}, this cbir reads {SCHEMA_VERSION}")
-        return cls(root, conn)
+        store = cls(root, conn)
+        if schema != SCHEMA_VERSION and not why:
+            try:
+                store._migrate()
+            except IndexWriteError as e:  # e.g. a full disk: read the old schema as it is
+                why = str(e)
+        store.read_only = bool(why)
+        store.read_only_reason = why
+        return store
+
+    def _migrate(self) -> None:
+        """Upgrade an older schema in place, one transaction per step."""
+        while (schema := _schema(self.conn)) != SCHEMA_VERSION:
+            with self.transaction() as c:
+                if _schema(c) != schema:  # another process migrated meanwhile
+                    continue
+                MIGRATIONS[schema](c)
+                self._set_meta("schema", schema + 1)
 
     def close(self) -> None:
         self.unlock()
@@ -190,21 +278,34 @@ class IndexStore:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error)."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """A write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error).
+
+        SQLite failing to write (full disk, read-only file) raises IndexWriteError.
+        """
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as e:
+            raise write_error(self.root, e, "commit") from None
 
     # ---------------------------------------------------------------- locking
     def lock(self) -> None:
         """Take the writer lock (one writer at a time); readers never wait for it."""
         if self._lock_fd is not None:
             return
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        if self.read_only:
+            raise IndexWriteError(f"{self.root}: cannot write the index: {self.read_only_reason}")
+        try:
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise write_error(self.root, e, "take the writer lock") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -259,7 +360,8 @@ class IndexStore:
         if seg is None:
             path = self.root / f"features-{gen:08d}.npy"
             try:
-                seg = np.load(path, mmap_mode="r")
+                with _LOAD_LOCK:
+                    seg = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as e:
                 raise CbirError(f"{path}: feature segment unreadable ({e}); run `cbir check`") from None
             self._segment_cache[gen] = seg
@@ -299,11 +401,13 @@ class IndexStore:
         features: np.ndarray | None = None,
         touched: Sequence[Touch] = (),
         deleted: Sequence[int] = (),
+        sidecars: Mapping[int, dict[str, Any]] | None = None,
     ) -> dict[str, list[int]]:
         """Commit one batch of changes atomically; returns the ids added/replaced/deleted.
 
         ``added[i]`` goes with ``features[i]``. An ``added`` path that is already indexed
-        keeps its id and gets the new vector.
+        keeps its id and gets the new vector. ``sidecars``: new sidecar fields of images
+        already indexed (``{id: fields}``, ``{}`` clears them; see cbir.index.metadata).
         """
         gen = self.generation + 1
         seg_file = f"features-{gen:08d}.npy"
@@ -311,7 +415,10 @@ class IndexStore:
         if added:
             if features is None or len(features) != len(added):
                 raise ValueError("commit: one feature row per added image")
-            atomic_write_bytes(self.root / seg_file, _npy_bytes(features))
+            try:
+                atomic_write_bytes(self.root / seg_file, _npy_bytes(features))
+            except OSError as e:
+                raise write_error(self.root, e, f"write {seg_file}") from None
             wrote = True
         now = time.time()
         result: dict[str, list[int]] = {"added": [], "replaced": [], "deleted": []}
@@ -330,6 +437,7 @@ class IndexStore:
                             (*vals, im.path, now),
                         )
                         result["added"].append(int(cur.lastrowid))
+                        id_new = int(cur.lastrowid)
                     else:
                         c.execute(
                             "UPDATE images SET sha256=?, size=?, mtime_ns=?, width=?, height=?, tags=?,"
@@ -337,8 +445,16 @@ class IndexStore:
                             (*vals, old[0]),
                         )
                         result["replaced"].append(int(old[0]))
+                        id_new = int(old[0])
+                    if im.meta is not None:
+                        metadata.write_meta(c, id_new, im.meta.get("sidecar", {}), im.meta.get("exif", {}))
+                    elif im.tags or old is not None:
+                        metadata.refresh_text(c, id_new)
                 for t in touched:
                     c.execute("UPDATE images SET size=?, mtime_ns=? WHERE id=?", (t.size, t.mtime_ns, t.id))
+                for id_, fields in (sidecars or {}).items():
+                    if c.execute("SELECT 1 FROM images WHERE id=?", (int(id_),)).fetchone():
+                        metadata.write_meta(c, int(id_), sidecar=fields)
                 for id_ in deleted:
                     if c.execute("DELETE FROM images WHERE id=?", (int(id_),)).rowcount:
                         result["deleted"].append(int(id_))
@@ -359,6 +475,7 @@ class IndexStore:
     def set_tags(self, id_: int, tags: str) -> None:
         with self.transaction() as c:
             c.execute("UPDATE images SET tags=? WHERE id=?", (tags, int(id_)))
+            metadata.refresh_text(c, int(id_))
 
     def compact(self, force: bool = False) -> bool:
         """Merge segments into one when many rows are dead or segments are many."""
@@ -376,7 +493,10 @@ class IndexStore:
         if ids_parts:
             ids = np.concatenate(ids_parts)
             feats = np.concatenate(feats_parts)
-            atomic_write_bytes(self.root / seg_file, _npy_bytes(feats))
+            try:
+                atomic_write_bytes(self.root / seg_file, _npy_bytes(feats))
+            except OSError as e:
+                raise write_error(self.root, e, f"write {seg_file}") from None
         else:
             ids = np.zeros(0, np.int64)
         try:
@@ -396,19 +516,23 @@ class IndexStore:
         return True
 
     def cleanup(self) -> None:
-        """Drop empty segments and delete files that no committed state refers to."""
-        with self.transaction() as c:
-            c.execute("DELETE FROM segments WHERE gen NOT IN (SELECT DISTINCT seg FROM images)")
+        """Drop empty segments and delete files that no committed state refers to (best effort)."""
+        try:
+            with self.transaction() as c:
+                c.execute("DELETE FROM segments WHERE gen NOT IN (SELECT DISTINCT seg FROM images)")
+        except IndexWriteError:
+            return
         keep = {r[0] for r in self.conn.execute("SELECT file FROM segments")}
         fa = self.get_meta("faiss") or {}
         keep |= {fa.get("file"), fa.get("previous")}
         for p in self.root.iterdir():
-            if p.name.startswith(("features-", "index-", ".features-", ".index-")) and p.name not in keep:
-                if p.name.startswith(".") and time.time() - p.stat().st_mtime < 3600:
-                    continue  # a temp file another writer may still be writing
+            if p.name.startswith(("features-", "index-", ".features-", ".index-", f".{DB_NAME}.")) and p.name not in keep:
                 with contextlib.suppress(OSError):
+                    if p.name.startswith(".") and time.time() - p.stat().st_mtime < 3600:
+                        continue  # a temp file another writer may still be writing
                     p.unlink()
-                    self._segment_cache.pop(int(p.stem.split("-")[1]) if p.stem.split("-")[1].isdigit() else -1, None)
+                    gen = p.stem.split("-")[-1]
+                    self._segment_cache.pop(int(gen) if gen.isdigit() else -1, None)
 
     # -------------------------------------------------------------- feedback
     def add_feedback(self, query: str, result_id: int, relevant: bool) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from cbir.errors import IndexWriteError
 from cbir.heads.transform import Transform, load_transform, spec_digest
 from cbir.index import faiss_index as fi
 from cbir.index.store import IndexStore
@@ -25,7 +26,15 @@ def _is_binary(transform: Transform) -> bool:
     return transform.kind == "binary"
 
 
+def _is_sparse(transform: Transform) -> bool:
+    return transform.kind == "sparse"
+
+
 def _make(index_type: str, transform: Transform):
+    if _is_sparse(transform):
+        from cbir.index.sparse import make_sparse_index
+
+        return make_sparse_index(index_type, transform.dim)
     if _is_binary(transform):
         from cbir.index.binary_index import make_binary_index
 
@@ -34,6 +43,10 @@ def _make(index_type: str, transform: Transform):
 
 
 def _read(path, transform: Transform):
+    if _is_sparse(transform):
+        from cbir.index.sparse import load_sparse_index
+
+        return load_sparse_index(path)
     if _is_binary(transform):
         from cbir.index.binary_index import load_binary_index
 
@@ -42,17 +55,20 @@ def _read(path, transform: Transform):
 
 
 def _write(index, path, transform: Transform) -> None:
-    if _is_binary(transform):
+    if _is_binary(transform) or _is_sparse(transform):
         index.save(path)
     else:
         fi.write_index(index, path)
 
 
 def _ids(index, transform: Transform) -> np.ndarray:
-    return index.ids() if _is_binary(transform) else fi.index_ids(index)
+    return index.ids() if _is_binary(transform) or _is_sparse(transform) else fi.index_ids(index)
 
 
 def _remove(index, ids: np.ndarray, transform: Transform) -> bool:
+    if _is_sparse(transform):
+        index.remove_ids(ids)
+        return True
     if _is_binary(transform):
         try:
             index.remove_ids(ids)
@@ -65,13 +81,15 @@ def _remove(index, ids: np.ndarray, transform: Transform) -> bool:
 def _add(index, vectors: np.ndarray, ids: np.ndarray, transform: Transform) -> None:
     if len(ids) == 0:
         return
-    if _is_binary(transform):
+    if _is_binary(transform) or _is_sparse(transform):
         index.add_with_ids(vectors, ids)
     else:
         index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids)
 
 
 def _train(index, store: IndexStore, transform: Transform, index_type: str) -> None:
+    if _is_sparse(transform):
+        return  # an inverted index needs no training
     if _is_binary(transform):
         if getattr(index, "is_trained", True):
             return
@@ -170,8 +188,16 @@ def refresh(store: IndexStore, transform: Transform | None = None, index_type: s
         index = sync(store, index, fa, transform)
     if index is None:
         index = build(store, transform, index_type)
-    name = f"index-{gen:08d}.{'bidx' if _is_binary(transform) else 'faiss'}"
-    _write(index, store.root / name, transform)
+    ext = "sidx" if _is_sparse(transform) else "bidx" if _is_binary(transform) else "faiss"
+    name = f"index-{gen:08d}.{ext}"
+    try:
+        _write(index, store.root / name, transform)
+    except OSError as e:
+        why = e.strerror or str(e)
+        raise IndexWriteError(
+            f"{store.root}: cannot save the search index {name} ({why}); the images are committed"
+            " and readers rebuild the search index from them until a later write saves it"
+        ) from None
     meta = {
         "file": name,
         "gen": gen,

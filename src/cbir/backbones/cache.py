@@ -1,0 +1,91 @@
+"""Feature cache for datasets: backbone features computed once, memory-mapped after.
+
+Keyed by the backbone fingerprint (name, weights digest, preprocessing) and by the
+split's item keys, under ``$CBIR_CACHE/features/``. Written atomically. A subset of a
+split whose features are cached is sliced from that cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cbir.backbones.efficientnet_lite import get_backbone
+from cbir.backbones.embed import embed_stream
+from cbir.data.base import ImageSet
+from cbir.errors import CbirError
+from cbir.utils import cache_dir, fsync_dir
+
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_path(images: ImageSet, fingerprint: dict) -> Path:
+    """Where the features of ``images`` under ``fingerprint`` are cached."""
+    keys = hashlib.sha256("\n".join(images.keys).encode()).hexdigest()[:16]
+    name = images.name.replace("/", "_")
+    return cache_dir("features", _digest(fingerprint)) / f"{name}-{len(images)}-{keys}.npy"
+
+
+def dataset_features(
+    images: ImageSet,
+    size: int = 224,
+    mode: str = "crop",
+    batch_size: int = 128,
+    workers: int = 2,
+    progress: bool | None = None,
+    weights: str | os.PathLike[str] | None = None,
+) -> np.ndarray:
+    """Backbone features ``(n, 1280)`` of every image in ``images`` (cached, memory-mapped).
+
+    ``weights``: a fine-tuned backbone's state-dict file (default: the ImageNet weights).
+    """
+    backbone = get_backbone(size, mode, weights)
+    path = cache_path(images, backbone.fingerprint)
+    if path.exists():
+        return np.load(path, mmap_mode="r")
+    parent, idx = images.root()
+    if parent is not images:
+        ppath = cache_path(parent, backbone.fingerprint)
+        if ppath.exists():  # a subset of a cached split: slice it, embed nothing
+            return np.asarray(np.load(ppath, mmap_mode="r")[idx])
+    n = len(images)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, backbone.dim))
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, unit="img", desc=f"features {images.name}", file=sys.stderr)
+
+    def prepare(i: int):
+        return backbone.preprocess(images.load(i)), None
+
+    try:
+        for batch in embed_stream(range(n), prepare, backbone.run, batch_size, workers):
+            if batch.failed:
+                i, err = batch.failed[0]
+                raise CbirError(f"{images.name} item {i}: {err}")
+            rows = [i for i, _, _ in batch.ok]
+            out[rows] = batch.features
+            if bar is not None:
+                bar.update(len(rows))
+        out.flush()
+        del out
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        if bar is not None:
+            bar.close()
+        if tmp.exists():
+            tmp.unlink()
+    return np.load(path, mmap_mode="r")

