@@ -1,0 +1,167 @@
+"""Evaluation reports a person can read and look at.
+
+``write_report(out_dir, summary, context)`` writes::
+
+    report.json   the figures (what ``cbir evaluate --json`` prints)
+    report.md     a Markdown summary table
+    pr.png        precision-recall curve (by Hamming radius for codes, by score for floats)
+    p_at_k.png    precision@k against k
+    topk.png      the top-10 results of a few queries (green: relevant, red: not)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cbir.utils import atomic_write_bytes, atomic_write_json
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    _plt().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    m = summary["metrics"]
+    lines = [
+        f"# {summary['protocol']}: {summary['model']}",
+        "",
+        summary.get("description", ""),
+        "",
+        f"- queries: {summary['n_queries']} (excluded, no relevant item: {summary.get('n_queries_no_relevant', 0)})",
+        f"- database: {summary['n_database']}",
+        f"- backbone input: {summary.get('size')} px; time: {summary['seconds']['total']} s",
+        f"- ties: {summary.get('ties', 'mAP is tie-aware (McSherry & Najork 2008)')}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in m.items() if not isinstance(v, (dict, list, str))]
+    lines += ["", "![precision-recall](pr.png) ![precision@k](p_at_k.png)", "", "![top 10](topk.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_pr(curves: dict[str, Any], path: Path, title: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4), dpi=110)
+    pr = curves.get("pr") or {}
+    if pr:
+        ax.plot(pr["recall"], pr["precision"], marker=".")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_pk(curves: dict[str, Any], path: Path, title: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4), dpi=110)
+    pk = curves.get("p_at_k") or {}
+    if pk:
+        ax.plot(pk["k"], pk["precision"], marker=".")
+        ax.set_xscale("log")
+    ax.set_xlabel("k")
+    ax.set_ylabel("precision@k")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def top_k(transform: Any, qf: np.ndarray, dbf: np.ndarray, k: int, exclude: np.ndarray | None) -> np.ndarray:
+    """Indices of the top-``k`` database items for each query row (exact)."""
+    q, db = transform(qf), transform(dbf)
+    if transform.kind == "binary":
+        qb = np.unpackbits(q, axis=1).astype(np.int16)
+        dbb = np.unpackbits(db, axis=1).astype(np.int16)
+        dist = (qb[:, None, :] != dbb[None, :, :]).sum(-1) if len(db) < 5000 else _hamming(qb, dbb)
+        score = -dist.astype(np.float64)
+    else:
+        score = q @ db.T
+        if hasattr(score, "toarray"):  # sparse codes (cbir.heads.sparse)
+            score = np.asarray(score.toarray(), np.float64)
+    if exclude is not None:
+        score[np.arange(q.shape[0]), exclude] = -np.inf
+    order = np.argsort(-score, axis=1, kind="stable")
+    return order[:, :k]
+
+
+def _hamming(qb: np.ndarray, dbb: np.ndarray) -> np.ndarray:
+    # <a, b> of {0,1} vectors: hamming = |a| + |b| - 2 <a, b>
+    return qb.sum(1)[:, None] + dbb.sum(1)[None, :] - 2 * (qb @ dbb.T)
+
+
+def plot_topk(context: dict[str, Any], path: Path, n_queries: int = 6, k: int = 10, seed: int = 0) -> None:
+    splits, query = context["splits"], context["query_set"]
+    database = splits.database if splits.database is not None else query
+    qf = np.asarray(context["query_features"])
+    dbf = np.asarray(context["database_features"] if splits.database is not None else qf)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(query), min(n_queries, len(query)), replace=False))
+    exclude = pick if splits.database is None else None
+    tops = top_k(context["transform"], qf[pick], dbf, k, exclude)
+    plt = _plt()
+    fig, axes = plt.subplots(len(pick), k + 1, figsize=(1.2 * (k + 1), 1.3 * len(pick)), dpi=100)
+    axes = np.atleast_2d(axes)
+    ql, dbl = np.asarray(query.labels), np.asarray(database.labels)
+    for r, qi in enumerate(pick):
+        ax = axes[r, 0]
+        ax.imshow(query.load(int(qi)))
+        ax.set_title("query", fontsize=7)
+        for c, di in enumerate(tops[r]):
+            ax = axes[r, c + 1]
+            ax.imshow(database.load(int(di)))
+            if ql.ndim == 1:
+                rel = ql[qi] == dbl[di]
+            else:
+                rel = bool((ql[qi] & dbl[di]).any())
+            for s in ax.spines.values():
+                s.set_edgecolor("green" if rel else "red")
+                s.set_linewidth(3)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def write_report(out_dir: str | Path, summary: dict[str, Any], context: dict[str, Any]) -> Path:
+    """Write the report files into ``out_dir`` (created); returns the directory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "report.json", summary)
+    atomic_write_bytes(out / "report.md", markdown(summary).encode())
+    title = f"{summary['protocol']}: {summary['model']}"
+    plot_pr(context.get("curves", {}), out / "pr.png", title)
+    plot_pk(context.get("curves", {}), out / "p_at_k.png", title)
+    plot_topk(context, out / "topk.png")
+    return out
+
+
+def dumps(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, indent=2, default=float)

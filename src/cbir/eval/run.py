@@ -1,0 +1,154 @@
+"""Evaluate a model (frozen backbone or a trained head) on a protocol.
+
+A *model* is a transform from backbone features to index vectors (see
+:mod:`cbir.heads.transform`): the frozen backbone (``frozen``: centred by the
+database mean then L2-normalised; ``frozen-raw``: L2 only) or a run directory of
+``cbir train``. The same transform builds indexes, so the figures here are what an
+index built with that model returns.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cbir.errors import CbirError
+
+
+def load_model(model: str | None, feature_dim: int = 1280):
+    """``frozen`` / ``frozen-raw`` / a run directory -> (transform, description)."""
+    from cbir.heads.transform import FrozenTransform
+
+    if model in (None, "frozen"):
+        return FrozenTransform(dim=feature_dim, center=True), "frozen (centred, cosine)"
+    if model == "frozen-raw":
+        return FrozenTransform(dim=feature_dim, center=False), "frozen (cosine)"
+    from cbir.heads.learned import LearnedTransform
+
+    p = Path(model)
+    if not p.exists():
+        raise CbirError(f"{model}: no such model; use frozen, frozen-raw, or a `cbir train` run directory")
+    t = LearnedTransform.from_path(p)
+    what = f"{t.dim} bits" if t.kind == "binary" else f"{t.dim}-d"
+    return t, f"{t.method} ({what}) from {p}"
+
+
+def evaluate_features(
+    transform: Any,
+    query: np.ndarray,
+    query_labels: np.ndarray,
+    database: np.ndarray | None,
+    database_labels: np.ndarray | None,
+    protocol: Any,
+    progress: bool | None = None,
+    nmi: bool = True,
+    rerank: Any = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """All the protocol's figures for ``transform`` on backbone features.
+
+    ``database=None`` evaluates all-vs-all within the queries (each query excluded from
+    its own results). NMI is computed on the float view of the query embeddings.
+    ``rerank``: a :class:`cbir.search.rerank.Rerank` (query expansion, k-reciprocal)
+    applied to every query's ranking (float and sparse codes).
+    """
+    from cbir.eval.metrics import evaluate_retrieval
+    from cbir.eval.metrics import nmi as nmi_score
+
+    fit_on = database if database is not None else query
+    if hasattr(transform, "mean") and getattr(transform, "center", False) and transform.mean is None:
+        transform.fit(np.asarray(fit_on))
+    q = transform(np.asarray(query))
+    all_vs_all = database is None
+    db = q if all_vs_all else transform(np.asarray(database))
+    dbl = query_labels if all_vs_all else database_labels
+    binary = transform.kind == "binary"
+    kw: dict[str, Any] = {
+        "metric": "hamming" if binary else "cosine",
+        "map_at": (protocol.map_at,) if protocol.map_at else (),
+        "exclude_self": all_vs_all,
+        "progress": progress,
+        "hamming_radius": 2 if binary else None,
+    }
+    kw.update(options)
+    if rerank is not None:
+        if binary:
+            raise CbirError("re-ranking needs float or sparse vectors, not binary codes; drop --rerank")
+        from cbir.search.rerank import rerank_scorer
+
+        kw["scores"] = rerank_scorer(rerank, q, db, exclude_self=all_vs_all)
+    m = evaluate_retrieval(q, db, query_labels, dbl, **kw)
+    if nmi and np.asarray(query_labels).ndim == 1:
+        m["nmi"] = float(nmi_score(transform.float_view(np.asarray(query)), np.asarray(query_labels)))
+    return m
+
+
+def evaluate(
+    dataset: str,
+    protocol: str | None = None,
+    model: str | None = None,
+    size: int | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    limit_queries: int | None = None,
+    map_at: tuple[int, ...] | None = None,
+    rerank: Any = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run a protocol; returns (summary for --json, context for the report).
+
+    ``map_at``: the mAP cut-offs to report (default: the protocol's own, if any).
+    ``rerank``: re-rank each query's results (:class:`cbir.search.rerank.Rerank`).
+    """
+    from cbir.backbones.cache import dataset_features
+    from cbir.eval.protocols import resolve
+
+    t0 = time.perf_counter()
+    proto, ds, splits = resolve(dataset, protocol, seed)
+    transform, desc = load_model(model)
+    if hasattr(transform, "backbone"):
+        size = size or transform.backbone["preprocess"]["size"]
+        if size != transform.backbone["preprocess"]["size"]:
+            raise CbirError(f"{model} was trained at --size {transform.backbone['preprocess']['size']}, not {size}")
+    size = size or proto.size
+    query = splits.query
+    if limit_queries and limit_queries < len(query):
+        idx = np.sort(np.random.default_rng(seed).choice(len(query), limit_queries, replace=False))
+        query = query.subset(idx, f"{query.name}-q{limit_queries}")
+    weights = getattr(transform, "backbone_weights", None)  # a fine-tuned backbone's file
+    qf = dataset_features(query, size=size, progress=progress, weights=weights)
+    dbf = None if splits.database is None else dataset_features(splits.database, size=size, progress=progress, weights=weights)
+    if hasattr(transform, "backbone"):
+        from cbir.backbones.efficientnet_lite import get_backbone
+
+        if get_backbone(size, weights=weights).fingerprint != transform.backbone:
+            raise CbirError(f"{model} was trained on another backbone; retrain it with this cbir")
+    t1 = time.perf_counter()
+    m = evaluate_features(
+        transform, qf, query.labels,
+        dbf, None if splits.database is None else splits.database.labels,
+        proto, progress=progress,
+        **({} if map_at is None else {"map_at": tuple(map_at)}),
+        rerank=rerank,
+    )  # fmt: skip
+    t2 = time.perf_counter()
+    metrics = {k: v for k, v in m.items() if k not in ("curves",) and not k.startswith("n_")}
+    summary = {
+        "protocol": proto.name,
+        "description": proto.description,
+        "dataset": ds.name,
+        "model": desc,
+        "kind": transform.kind,
+        "rerank": None if rerank is None else rerank.params(),
+        "size": size,
+        "metrics": metrics,
+        "n_queries": m["n_queries"],
+        "n_queries_no_relevant": m.get("n_queries_no_relevant", 0),
+        "n_database": m["n_database"],
+        "seconds": {"features": round(t1 - t0, 2), "metrics": round(t2 - t1, 2), "total": round(t2 - t0, 2)},
+    }
+    context = {"curves": m.get("curves", {}), "splits": splits, "query_set": query, "transform": transform,
+               "query_features": qf, "database_features": dbf, "protocol": proto}  # fmt: skip
+    return summary, context
