@@ -1,0 +1,882 @@
+"""Exact Hamming k-NN and range search by multi-index hashing (MIH).
+
+Norouzi, Punjani & Fleet, "Fast Exact Search in Hamming Space with Multi-Index
+Hashing" (CVPR 2012, TPAMI 2014). Each ``bits``-bit code is cut into ``m``
+disjoint contiguous substrings; one hash table per substring maps a substring
+value to the codes holding it. A code at Hamming distance ``d`` from the query is
+within ``d // m`` of it in at least one substring (pigeonhole), so the search
+probes substring radius ``r = 0, 1, 2, ...`` table by table. After radius ``r`` in
+tables ``0..t`` and radius ``r - 1`` in the others, every code not yet seen is at
+distance ``>= m*r + t + 1`` (this holds for substrings of unequal lengths too);
+the search stops as soon as the k-th best distance found is *strictly* below
+that bound, so every code tying with the k-th one has been seen as well. A table
+probed at its full length has seen every code.
+
+Codes are packed as faiss ``IndexBinary`` packs them: ``uint8`` rows of
+``bits // 8`` bytes, bit ``j`` in byte ``j // 8`` at position ``j % 8``.
+Internally rows are little-endian ``uint64`` words.
+
+Results are exactly what a brute-force scan returns, ordered by ``(distance, id)``
+ascending (equal ids, which are not forbidden, by insertion). Missing results
+(``k`` larger than the number of codes) are padded with distance ``INT32_MAX``
+and id ``-1``.
+
+Tables are sorted buckets: one sorted ``int64`` key array ``(table << 32) | value``
+with bucket starts into an array of code positions. Search runs in numba when it
+is installed (queries in parallel over numba's threads; a code met again in a
+later probe is recognised from its substring distances, so no scratch memory is
+shared), else in numpy (one query at a time). ``add`` appends codes to a pending
+block that is scanned linearly until it is large enough to rebuild the tables;
+``remove_ids`` sets tombstones, compacted by a rebuild once a quarter of the codes
+are dead. A query whose probing would cost more than a linear scan is answered by
+a scan instead, so the answer is exact in every case.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import os
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from cbir.utils import atomic_write
+
+try:  # optional accelerator: the numpy path gives the same answers, slower
+    import numba
+    from numba import types
+    from numba.extending import intrinsic
+except ImportError:  # pragma: no cover - exercised where numba is absent
+    numba = None
+
+__all__ = ["HAVE_NUMBA", "MultiIndexHash", "default_m", "pack_words", "popcount"]
+
+INT32_MAX = np.iinfo(np.int32).max
+HAVE_NUMBA = numba is not None
+_FORMAT = "cbir-mih-2"
+_MAX_SUB = 32  # longest substring (bits): table keys are (table << 32) | value
+
+# ---------------------------------------------------------------- bit helpers
+
+if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+
+    def popcount(x: np.ndarray) -> np.ndarray:
+        """Number of set bits of each element of an unsigned integer array (uint8 result)."""
+        return np.bitwise_count(x)
+
+else:  # pragma: no cover - numpy < 2.0
+    _POP16 = np.array([bin(i).count("1") for i in range(1 << 16)], dtype=np.uint8)
+
+    def popcount(x: np.ndarray) -> np.ndarray:
+        """Number of set bits of each element of an unsigned integer array (uint8 result)."""
+        x = np.asarray(x, dtype=np.uint64)
+        m = np.uint64(0xFFFF)
+        out = _POP16[(x & m).astype(np.intp)]
+        for s in (16, 32, 48):
+            out = out + _POP16[((x >> np.uint64(s)) & m).astype(np.intp)]
+        return out
+
+
+def check_codes(codes: np.ndarray, bits: int, what: str = "codes") -> np.ndarray:
+    """``codes`` as a 2-d uint8 array of ``bits // 8`` columns, or ValueError."""
+    codes = np.asarray(codes)
+    if codes.ndim == 1:
+        codes = codes[None, :]
+    if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != bits // 8:
+        raise ValueError(
+            f"{what} must be packed uint8 rows of {bits // 8} bytes ({bits} bits), "
+            f"got dtype {codes.dtype} and shape {codes.shape}"
+        )
+    return codes
+
+
+def pack_words(codes: np.ndarray) -> np.ndarray:
+    """Packed ``uint8`` rows -> ``(n, ceil(nbytes/8))`` ``uint64`` words (zero padded)."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    n, nbytes = codes.shape
+    nwords = max(1, -(-nbytes // 8))
+    if nbytes != nwords * 8:
+        padded = np.zeros((n, nwords * 8), dtype=np.uint8)
+        padded[:, :nbytes] = codes
+        codes = padded
+    return codes.view("<u8").astype(np.uint64, copy=False).reshape(n, nwords)
+
+
+def _hamming_words(words: np.ndarray, qw: np.ndarray) -> np.ndarray:
+    """Hamming distances (int64) between rows of ``words`` (n, W) and one query (W,)."""
+    if words.shape[1] == 1:
+        return popcount(words[:, 0] ^ qw[0]).astype(np.int64)
+    return popcount(words ^ qw).sum(axis=1, dtype=np.int64)
+
+
+@lru_cache(maxsize=256)
+def _flip_masks(length: int, radius: int) -> np.ndarray:
+    """All ``length``-bit values with exactly ``radius`` bits set (int64, read-only)."""
+    if radius < 0 or radius > length:
+        out = np.zeros(0, dtype=np.int64)
+    elif radius == 0:
+        out = np.zeros(1, dtype=np.int64)
+    else:
+        combos = np.array(list(itertools.combinations(range(length), radius)), dtype=np.int64)
+        out = np.bitwise_or.reduce(np.int64(1) << combos, axis=1)
+    out.setflags(write=False)
+    return out
+
+
+def default_m(bits: int, n: int) -> int:
+    """The paper's choice ``m ~ bits / log2(n)``, with substrings of at most 32 bits."""
+    lo = max(1, -(-bits // _MAX_SUB))
+    if n < 2:
+        return lo
+    return int(min(max(round(bits / math.log2(n)), lo), bits))
+
+
+# ---------------------------------------------------------------- numba kernels
+
+if HAVE_NUMBA:
+
+    @intrinsic
+    def _popc(typingctx, x):
+        """Hardware popcount of one integer (LLVM ctpop)."""
+        if not isinstance(x, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.ctpop(args[0])
+
+        return x(x), codegen
+
+    _jit = numba.njit(cache=True, nogil=True)
+
+    @_jit
+    def _nb_less(d1, i1, p1, d2, i2, p2):  # (distance, id, position) order
+        if d1 != d2:
+            return d1 < d2
+        if i1 != i2:
+            return i1 < i2
+        return p1 < p2
+
+    @_jit
+    def _nb_sift_down(hd, hi, hp, start, size):
+        j = start
+        while True:
+            c = 2 * j + 1
+            if c >= size:
+                return
+            if c + 1 < size and _nb_less(hd[c], hi[c], hp[c], hd[c + 1], hi[c + 1], hp[c + 1]):
+                c += 1
+            if _nb_less(hd[j], hi[j], hp[j], hd[c], hi[c], hp[c]):
+                hd[j], hd[c] = hd[c], hd[j]
+                hi[j], hi[c] = hi[c], hi[j]
+                hp[j], hp[c] = hp[c], hp[j]
+                j = c
+            else:
+                return
+
+    @_jit
+    def _nb_push(hd, hi, hp, size, k, d, i, p):
+        """Offer (d, i, p) to a max-heap of the k best; returns the new size."""
+        if size < k:
+            j = size
+            hd[j], hi[j], hp[j] = d, i, p
+            while j > 0:
+                par = (j - 1) // 2
+                if _nb_less(hd[par], hi[par], hp[par], hd[j], hi[j], hp[j]):
+                    hd[j], hd[par] = hd[par], hd[j]
+                    hi[j], hi[par] = hi[par], hi[j]
+                    hp[j], hp[par] = hp[par], hp[j]
+                    j = par
+                else:
+                    break
+            return size + 1
+        if _nb_less(d, i, p, hd[0], hi[0], hp[0]):
+            hd[0], hi[0], hp[0] = d, i, p
+            _nb_sift_down(hd, hi, hp, 0, size)
+        return size
+
+    @_jit
+    def _nb_heap_sort(hd, hi, hp, size):
+        for end in range(size - 1, 0, -1):
+            hd[0], hd[end] = hd[end], hd[0]
+            hi[0], hi[end] = hi[end], hi[0]
+            hp[0], hp[end] = hp[end], hp[0]
+            _nb_sift_down(hd, hi, hp, 0, end)
+
+    @_jit
+    def _nb_scan(lo, hi_, qw, k, size, words, alive, ids, hd, hi, hp):
+        for p in range(lo, hi_):
+            if alive[p]:
+                d = 0
+                for w in range(qw.shape[0]):
+                    d += np.int64(_popc(words[p, w] ^ qw[w]))
+                size = _nb_push(hd, hi, hp, size, k, d, ids[p], p)
+        return size
+
+    @_jit
+    def _nb_bucket(t, v, keys, dirs, doff, dshift):
+        """Index of the bucket of value ``v`` in table ``t``, or -1 when it is empty."""
+        i = doff[t] + (v >> dshift[t])
+        lo = dirs[i]
+        end = dirs[i + 1]
+        hi_ = end
+        key = (np.int64(t) << 32) | v
+        while lo < hi_:
+            mid = (lo + hi_) >> 1
+            if keys[mid] < key:
+                lo = mid + 1
+            else:
+                hi_ = mid
+        if lo < end and keys[lo] == key:
+            return lo
+        return -1
+
+    @_jit
+    def _nb_new_dist(tcodes, j, qw, tmask, r, t):
+        """Distance of bucket entry ``j`` (met at radius r in table t), or -1 if an earlier
+        probe (smaller radius, or same radius and smaller table) met it already."""
+        for u in range(tmask.shape[0]):
+            if u == t:
+                continue
+            h = 0
+            for w in range(qw.shape[0]):
+                h += np.int64(_popc((tcodes[j, w] ^ qw[w]) & tmask[u, w]))
+            if h < r or (h == r and u < t):
+                return -1
+        d = 0
+        for w in range(qw.shape[0]):
+            d += np.int64(_popc(tcodes[j, w] ^ qw[w]))
+        return d
+
+    @_jit
+    def _nb_knn_one(qw, qs, k, n, ni, words, alive, ids, keys, bstart, tids, tcodes, dirs,
+                    doff, dshift, tmask, lengths, budget, hd, hi, hp, ordered):  # fmt: skip
+        """The k best (distance, id, position) of one query in hd/hi/hp; returns how many.
+
+        ``ordered``: ids never decrease with position, so (id, position) order is position
+        order, which is a bucket's order: once the heap is full with a k-th distance at most
+        the probe radius r, no later entry of the bucket (distance >= r, larger position)
+        can enter it, and the rest of the bucket is skipped.
+        """
+        size = _nb_scan(ni, n, qw, k, 0, words, alive, ids, hd, hi, hp)  # pending codes
+        if ni == 0:
+            return size
+        m = lengths.shape[0]
+        W = qw.shape[0]
+        minlen = lengths.min()
+        cost = 0
+        seen = 0
+        r = 0
+        while r <= minlen:
+            for t in range(m):
+                x = (np.int64(1) << r) - 1
+                top = np.int64(1) << lengths[t]
+                while x < top:
+                    b = _nb_bucket(t, qs[t] ^ x, keys, dirs, doff, dshift)
+                    cost += 64
+                    if b >= 0:
+                        j0 = bstart[b]
+                        j1 = bstart[b + 1]
+                        cost += 2 * (j1 - j0)
+                        for j in range(j0, j1):
+                            if (
+                                ordered
+                                and size == k
+                                and (hd[0] < r or (hd[0] == r and tids[j] > hp[0]))
+                            ):
+                                cost -= 2 * (j1 - j)  # the rest of the bucket is not read
+                                break
+                            d = 0
+                            for w in range(W):
+                                d += np.int64(_popc(tcodes[j, w] ^ qw[w]))
+                            if size == k and d > hd[0]:
+                                continue
+                            if m > 1 and _nb_new_dist(tcodes, j, qw, tmask, r, t) < 0:
+                                continue
+                            seen += 1  # exact while the heap is not full
+                            p = np.int64(tids[j])
+                            if alive[p]:
+                                size = _nb_push(hd, hi, hp, size, k, d, ids[p], p)
+                    if x == 0:
+                        break
+                    c = x & -x  # Gosper's hack: the next value with r bits set
+                    y = x + c
+                    x = (((y ^ x) >> 2) // c) | y
+                if size == k and hd[0] < m * r + t + 1:
+                    return size  # every code not yet met is farther than the k-th
+                if size < k and seen == ni:
+                    return size  # fewer than k codes: all of them met
+                if cost > budget:  # probing costs more than a scan: scan instead
+                    return _nb_scan(0, n, qw, k, 0, words, alive, ids, hd, hi, hp)
+            r += 1
+        return size  # a table was probed at its full length: every code was met
+
+    @numba.njit(cache=True, nogil=True, parallel=True)
+    def _nb_knn(qwords, qsubs, k, n, ni, words, alive, ids, keys, bstart, tids, tcodes, dirs,
+                doff, dshift, tmask, lengths, budget, D, I, ordered):  # fmt: skip
+        for i in numba.prange(qwords.shape[0]):
+            hd = np.empty(k, np.int64)
+            hi = np.empty(k, np.int64)
+            hp = np.empty(k, np.int64)
+            size = _nb_knn_one(
+                qwords[i], qsubs[i], k, n, ni, words, alive, ids, keys, bstart, tids, tcodes,
+                dirs, doff, dshift, tmask, lengths, budget, hd, hi, hp, ordered,
+            )  # fmt: skip
+            _nb_heap_sort(hd, hi, hp, size)
+            for j in range(size):
+                D[i, j] = hd[j]
+                I[i, j] = hi[j]
+
+    @_jit
+    def _nb_range_one(qw, qs, radius, n, ni, words, alive, keys, bstart, tids, tcodes, dirs,
+                      doff, dshift, tmask, lengths):  # fmt: skip
+        """Positions and distances of the codes within ``radius`` (unordered)."""
+        m = lengths.shape[0]
+        W = qw.shape[0]
+        out = np.empty(64, np.int64)  # pairs (position, distance)
+        cnt = 0
+        for p in range(ni, n):  # pending codes
+            if alive[p]:
+                d = 0
+                for w in range(W):
+                    d += np.int64(_popc(words[p, w] ^ qw[w]))
+                if d <= radius:
+                    if 2 * cnt + 2 > out.shape[0]:
+                        grown = np.empty(2 * out.shape[0], np.int64)
+                        grown[: 2 * cnt] = out[: 2 * cnt]
+                        out = grown
+                    out[2 * cnt] = p
+                    out[2 * cnt + 1] = d
+                    cnt += 1
+        for r in range(radius // m + 1):
+            for t in range(m):
+                x = (np.int64(1) << r) - 1
+                top = np.int64(1) << lengths[t]
+                while x < top:
+                    b = _nb_bucket(t, qs[t] ^ x, keys, dirs, doff, dshift)
+                    if b >= 0:
+                        for j in range(bstart[b], bstart[b + 1]):
+                            d = _nb_new_dist(tcodes, j, qw, tmask, r, t)
+                            p = np.int64(tids[j])
+                            if d < 0 or d > radius or not alive[p]:
+                                continue
+                            if 2 * cnt + 2 > out.shape[0]:
+                                grown = np.empty(2 * out.shape[0], np.int64)
+                                grown[: 2 * cnt] = out[: 2 * cnt]
+                                out = grown
+                            out[2 * cnt] = p
+                            out[2 * cnt + 1] = d
+                            cnt += 1
+                    if x == 0:
+                        break
+                    c = x & -x
+                    y = x + c
+                    x = (((y ^ x) >> 2) // c) | y
+        return out[0 : 2 * cnt : 2].copy(), out[1 : 2 * cnt : 2].copy()
+
+
+# ---------------------------------------------------------------- the index
+
+_DIR_BITS = 16  # a direct-address directory on the top bits of each substring value
+
+
+class _Tables:
+    """The m hash tables, as sorted buckets.
+
+    ``keys`` (int64, sorted): ``(table << 32) | value`` of every non-empty bucket;
+    bucket ``b`` holds entries ``bstart[b]:bstart[b+1]`` of ``tids`` (code positions,
+    int32) and ``tcodes`` (the codes themselves, copied in bucket order so that a bucket
+    is read sequentially). ``dirs[doff[t] + (value >> dshift[t])]`` is the first key of
+    table ``t`` with those top bits, so a lookup binary-searches only a few keys.
+    """
+
+    def __init__(self, m: int, nwords: int) -> None:
+        self.keys = np.zeros(0, np.int64)
+        self.bstart = np.zeros(1, np.int64)
+        self.tids = np.zeros(0, np.int32)
+        self.tcodes = np.zeros((0, nwords), np.uint64)
+        self.dirs = np.zeros(2 * m, np.int64)
+        self.doff = np.arange(0, 2 * m + 1, 2, dtype=np.int64)
+        self.dshift = np.zeros(m, np.int64)
+
+    @classmethod
+    def build(cls, words: np.ndarray, subs: np.ndarray, lengths: np.ndarray) -> _Tables:
+        """Tables over codes ``words`` (n, W) whose substring values are ``subs`` (n, m)."""
+        n, m = subs.shape
+        if n >= 2**31:
+            raise ValueError(f"{n} codes: the tables hold at most 2**31 - 1")
+        self = cls(m, words.shape[1])
+        keys, starts, tids, dirs, dlen = [], [], [], [], [0]
+        shifts = []
+        nkeys = 0
+        for t in range(m):
+            v = subs[:, t]
+            order = np.argsort(v, kind="stable")
+            sv = v[order]
+            first = np.flatnonzero(np.r_[True, sv[1:] != sv[:-1]]) if n else np.zeros(0, np.intp)
+            uv = sv[first]
+            keys.append(uv | np.int64(t << 32))
+            starts.append(first.astype(np.int64) + t * n)
+            tids.append(order.astype(np.int32))
+            bits = min(int(lengths[t]), _DIR_BITS)
+            shift = int(lengths[t]) - bits
+            shifts.append(shift)
+            dirs.append(np.searchsorted(uv >> shift, np.arange((1 << bits) + 1)) + nkeys)
+            dlen.append(dlen[-1] + len(dirs[-1]))
+            nkeys += len(uv)
+        self.keys = np.concatenate(keys).astype(np.int64, copy=False)
+        self.bstart = np.concatenate([*starts, np.array([m * n], dtype=np.int64)])
+        self.tids = np.concatenate(tids)
+        self.tcodes = words[self.tids.astype(np.intp) if n else np.zeros(0, np.intp)]
+        self.tcodes = np.ascontiguousarray(self.tcodes.reshape(m * n, words.shape[1]))
+        self.dirs = np.concatenate(dirs).astype(np.int64)
+        self.doff = np.array(dlen, dtype=np.int64)
+        self.dshift = np.array(shifts, dtype=np.int64)
+        return self
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return (self.keys, self.bstart, self.tids, self.tcodes, self.dirs, self.doff, self.dshift)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays())
+
+
+class MultiIndexHash:
+    """Exact Hamming k-NN / range search over packed binary codes by multi-index hashing.
+
+    Args:
+        bits: code length in bits (a multiple of 8, as faiss requires).
+        m: number of substrings (hash tables). ``None`` picks ``default_m(bits, n)`` at
+            each (re)build from the number of codes then present.
+        backend: "numba", "numpy" or "auto" (numba when installed). Same answers.
+        pending_limit: appended codes are scanned linearly until there are more than
+            ``max(pending_limit, n_indexed // 32)`` of them; then the tables are rebuilt.
+        dead_fraction: tombstoned codes are compacted away by a rebuild once they exceed
+            this fraction of the stored codes.
+        scan_fraction: a query whose probing would cost more than this fraction of a
+            linear scan is answered by the scan instead (same exact answer).
+    """
+
+    def __init__(
+        self,
+        bits: int,
+        m: int | None = None,
+        *,
+        backend: str = "auto",
+        pending_limit: int = 8192,
+        dead_fraction: float = 0.25,
+        scan_fraction: float = 1.0,
+    ) -> None:
+        if bits <= 0 or bits % 8:
+            raise ValueError(f"bits must be a positive multiple of 8, got {bits}")
+        lo = max(1, -(-bits // _MAX_SUB))
+        if m is not None and not (lo <= m <= bits):
+            raise ValueError(
+                f"m must be between {lo} (substrings of at most {_MAX_SUB} bits) "
+                f"and {bits} for {bits}-bit codes, got {m}"
+            )
+        if backend == "auto":
+            backend = "numba" if HAVE_NUMBA else "numpy"
+        if backend not in ("numba", "numpy"):
+            raise ValueError(f"backend must be 'auto', 'numba' or 'numpy', got {backend!r}")
+        if backend == "numba" and not HAVE_NUMBA:
+            raise ValueError("backend 'numba' needs the numba package (pip install numba)")
+        self.bits = int(bits)
+        self.m_requested = m
+        self.backend = backend
+        self.pending_limit = int(pending_limit)
+        self.dead_fraction = float(dead_fraction)
+        self.scan_fraction = float(scan_fraction)
+        self._nwords = max(1, -(-bits // 64))
+        self._words = np.zeros((0, self._nwords), dtype=np.uint64)
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._alive = np.zeros(0, dtype=bool)
+        self._n = 0  # stored codes (alive or dead) in positions [0, _n)
+        self._n_indexed = 0  # positions [0, _n_indexed) are in the tables
+        self._n_dead = 0
+        self._ordered = True  # ids never decrease with position (buckets are in id order)
+        self._lock = threading.RLock()
+        self._set_m(self.m_requested or default_m(bits, 0))
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def ntotal(self) -> int:
+        """Number of live codes."""
+        return self._n - self._n_dead
+
+    @property
+    def m(self) -> int:
+        """Number of substrings of the current tables."""
+        return self._m
+
+    @property
+    def substring_lengths(self) -> list[int]:
+        """Length in bits of each substring of the current tables."""
+        return [int(x) for x in self._lengths]
+
+    def ids(self) -> np.ndarray:
+        """The ids of the live codes, in insertion order."""
+        return self._ids[: self._n][self._alive[: self._n]].copy()
+
+    def codes(self) -> np.ndarray:
+        """The live codes as packed uint8 rows, in insertion order."""
+        w = self._words[: self._n][self._alive[: self._n]]
+        return w.astype("<u8").view(np.uint8).reshape(len(w), -1)[:, : self.bits // 8].copy()
+
+    def nbytes(self) -> int:
+        """Bytes held by the index arrays (codes, ids, tombstones and hash tables)."""
+        n = self._n
+        return int(
+            self._words[:n].nbytes + self._ids[:n].nbytes + self._alive[:n].nbytes
+            + self._tables.nbytes
+        )  # fmt: skip
+
+    # ------------------------------------------------------------ building
+
+    def _set_m(self, m: int) -> None:
+        """Cut the codes into ``m`` substrings (lengths differ by at most one bit)."""
+        self._m = int(m)
+        edges = np.linspace(0, self.bits, self._m + 1).round().astype(int)
+        self._bounds = [(int(edges[t]), int(edges[t + 1])) for t in range(self._m)]
+        self._lengths = np.array([e - s for s, e in self._bounds], dtype=np.int64)
+        if int(self._lengths.max()) > _MAX_SUB or int(self._lengths.min()) < 1:
+            raise ValueError(
+                f"m={m} gives substrings outside 1..{_MAX_SUB} bits for {self.bits} bits"
+            )
+        # per-table bit masks over the words, for the substring distances of a candidate
+        self._tmask = np.zeros((self._m, self._nwords), dtype=np.uint64)
+        for t, (s, e) in enumerate(self._bounds):
+            for j in range(s, e):
+                self._tmask[t, j // 64] |= np.uint64(1) << np.uint64(j % 64)
+        self._table_shift = np.arange(self._m, dtype=np.int64) << np.int64(32)
+        self._tables = _Tables(self._m, self._nwords)
+
+    def _substrings(self, words: np.ndarray) -> np.ndarray:
+        """(n, W) uint64 words -> (n, m) int64 substring values."""
+        out = np.empty((len(words), self._m), dtype=np.int64)
+        for t, (s, e) in enumerate(self._bounds):
+            w0, off = divmod(s, 64)
+            mask = np.uint64((1 << (e - s)) - 1)
+            v = words[:, w0] >> np.uint64(off)
+            if off and (e - 1) // 64 != w0:
+                v = v | (words[:, w0 + 1] << np.uint64(64 - off))
+            out[:, t] = (v & mask).astype(np.int64)
+        return out
+
+    def rebuild(self) -> None:
+        """Compact tombstones, index pending codes and rebuild the hash tables."""
+        with self._lock:
+            n = self._n
+            if self._n_dead:
+                alive = self._alive[:n]
+                self._words = self._words[:n][alive].copy()
+                self._ids = self._ids[:n][alive].copy()
+                n = len(self._ids)
+                self._n_dead = 0
+            else:
+                self._words = self._words[:n].copy()
+                self._ids = self._ids[:n].copy()
+            self._alive = np.ones(n, dtype=bool)
+            self._n = n
+            self._set_m(self.m_requested or default_m(self.bits, n))
+            self._tables = _Tables.build(self._words, self._substrings(self._words), self._lengths)
+            self._n_indexed = n
+            self._ordered = bool(np.all(self._ids[1:n] >= self._ids[: n - 1])) if n > 1 else True
+
+    def add(self, codes: np.ndarray, ids: np.ndarray | None = None) -> None:
+        """Append packed codes with int64 ids (default: consecutive after the largest id)."""
+        codes = check_codes(codes, self.bits)
+        with self._lock:
+            n_new = len(codes)
+            if ids is None:
+                start = int(self._ids[: self._n].max()) + 1 if self._n else 0
+                ids = np.arange(start, start + n_new, dtype=np.int64)
+            ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+            if len(ids) != n_new:
+                raise ValueError(f"got {n_new} codes but {len(ids)} ids")
+            if n_new == 0:
+                return
+            need = self._n + n_new
+            if need > len(self._ids):
+                cap = max(need, 2 * len(self._ids), 1024)
+                words = np.zeros((cap, self._nwords), dtype=np.uint64)
+                words[: self._n] = self._words[: self._n]
+                new_ids = np.full(cap, -1, dtype=np.int64)
+                new_ids[: self._n] = self._ids[: self._n]
+                alive = np.zeros(cap, dtype=bool)
+                alive[: self._n] = self._alive[: self._n]
+                self._words, self._ids, self._alive = words, new_ids, alive
+            self._words[self._n : need] = pack_words(codes)
+            last = self._ids[self._n - 1] if self._n else ids[0]
+            self._ordered = self._ordered and bool(ids[0] >= last and np.all(ids[1:] >= ids[:-1]))
+            self._ids[self._n : need] = ids
+            self._alive[self._n : need] = True
+            self._n = need
+            if need - self._n_indexed > max(self.pending_limit, self._n_indexed // 32):
+                self.rebuild()
+
+    def remove_ids(self, ids: np.ndarray) -> int:
+        """Tombstone every live code whose id is in ``ids``; returns how many were removed."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        with self._lock:
+            n = self._n
+            hit = np.isin(self._ids[:n], ids) & self._alive[:n]
+            count = int(hit.sum())
+            if count:
+                self._alive[:n][hit] = False
+                self._n_dead += count
+                if self._n_dead > self.dead_fraction * max(n, 1):
+                    self.rebuild()
+            return count
+
+    def reset(self) -> None:
+        """Remove every code."""
+        with self._lock:
+            self.__init__(
+                self.bits,
+                self.m_requested,
+                backend=self.backend,
+                pending_limit=self.pending_limit,
+                dead_fraction=self.dead_fraction,
+                scan_fraction=self.scan_fraction,
+            )
+
+    # ------------------------------------------------------------ search
+
+    def _prepare(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._n_indexed == 0 and self._n > 0:
+            self.rebuild()
+        qwords = pack_words(check_codes(queries, self.bits, "queries"))
+        return qwords, self._substrings(qwords)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact k-NN: ``(D int32 (nq, k), I int64 (nq, k))`` sorted by (distance, id)."""
+        k = int(k)
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        with self._lock:
+            qwords, qsubs = self._prepare(queries)
+            nq = len(qwords)
+            D = np.full((nq, k), INT32_MAX, dtype=np.int32)
+            I = np.full((nq, k), -1, dtype=np.int64)
+            if k == 0 or self.ntotal == 0 or nq == 0:
+                return D, I
+            if self.backend == "numba":
+                n, ni = self._n, self._n_indexed
+                D64 = np.full((nq, k), INT32_MAX, dtype=np.int64)
+                budget = int(min(self.scan_fraction * (n + 64), 2.0**62))
+                _nb_knn(
+                    qwords, qsubs, k, n, ni, self._words, self._alive, self._ids,
+                    *self._tables.arrays(), self._tmask, self._lengths, budget, D64, I,
+                    self._ordered,
+                )  # fmt: skip
+                return D64.astype(np.int32), I
+            ids = self._ids
+            for i in range(nq):
+                P, d = self._knn_one(qwords[i], qsubs[i], k)
+                e = ids[P]
+                o = np.lexsort((P, e, d))
+                D[i, : len(o)] = d[o]
+                I[i, : len(o)] = e[o]
+            return D, I
+
+    def range_search(
+        self, queries: np.ndarray, radius: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All codes within Hamming distance ``radius`` (inclusive) of each query.
+
+        Returns faiss-style ``(lims int64 (nq+1,), D int32, I int64)``: query ``i``'s
+        results are ``D[lims[i]:lims[i+1]]``, ``I[...]``, sorted by (distance, id).
+        Probes substring radius ``radius // m`` in every table (pigeonhole).
+        """
+        radius = int(radius)
+        with self._lock:
+            qwords, qsubs = self._prepare(queries)
+            nq = len(qwords)
+            lims = np.zeros(nq + 1, dtype=np.int64)
+            if radius < 0 or self.ntotal == 0 or nq == 0:
+                return lims, np.zeros(0, np.int32), np.zeros(0, np.int64)
+            Ds: list[np.ndarray] = []
+            Is: list[np.ndarray] = []
+            ids = self._ids
+            for i in range(nq):
+                P, d = self._range_one(qwords[i], qsubs[i], radius)
+                e = ids[P]
+                o = np.lexsort((P, e, d))
+                Ds.append(d[o].astype(np.int32))
+                Is.append(e[o])
+                lims[i + 1] = lims[i] + len(o)
+            return lims, np.concatenate(Ds), np.concatenate(Is)
+
+    def _scan_all(self, qw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions of all live codes and their distances to ``qw``."""
+        n = self._n
+        d = _hamming_words(self._words[:n], qw)
+        if self._n_dead:
+            pos = np.flatnonzero(self._alive[:n])
+            return pos, d[pos]
+        return np.arange(n), d
+
+    def _range_one(
+        self, qw: np.ndarray, qs: np.ndarray, radius: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        ni = self._n_indexed
+        rs = radius // self._m
+        scan = ni == 0 or rs >= int(self._lengths.min())
+        if not scan:
+            nprobe = sum(math.comb(int(L), r) for L in self._lengths for r in range(rs + 1))
+            scan = 64 * nprobe > self.scan_fraction * (self._n + 64)
+        if scan:
+            P, d = self._scan_all(qw)
+        elif self.backend == "numba":
+            P, d = _nb_range_one(
+                qw, qs, radius, self._n, ni, self._words, self._alive, *self._tables.arrays(),
+                self._tmask, self._lengths,
+            )  # fmt: skip
+        else:
+            keys = np.concatenate(
+                [_flip_masks(int(self._lengths[t]), r) ^ (qs[t] | self._table_shift[t])
+                 for r in range(rs + 1) for t in range(self._m)]
+            )  # fmt: skip
+            P = np.unique(self._tables.tids[self._entries(keys)]).astype(np.int64)
+            if self._n > ni:
+                P = np.concatenate([P, np.arange(ni, self._n)])
+            if self._n_dead:
+                P = P[self._alive[P]]
+            d = _hamming_words(self._words[P], qw)
+        keep = d <= radius
+        return P[keep], d[keep]
+
+    # numpy backend: one query at a time, vectorised over the probes of one table
+
+    def _entries(self, keys: np.ndarray) -> np.ndarray:
+        """Bucket entries (indices into tids/tcodes) of the buckets with these keys."""
+        tk, bstart = self._tables.keys, self._tables.bstart
+        if len(tk) == 0 or len(keys) == 0:
+            return np.zeros(0, dtype=np.int64)
+        i = np.searchsorted(tk, keys)
+        np.minimum(i, len(tk) - 1, out=i)
+        i = i[tk[i] == keys]
+        if len(i) == 0:
+            return np.zeros(0, dtype=np.int64)
+        starts = bstart[i]
+        lens = bstart[i + 1] - starts
+        ends = np.cumsum(lens)
+        return np.repeat(starts - ends + lens, lens) + np.arange(int(ends[-1]))
+
+    def _knn_one(self, qw: np.ndarray, qs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and distances of the k best codes of one query (numpy backend)."""
+        n, ni, m = self._n, self._n_indexed, self._m
+        alive, tb = self._alive, self._tables
+        P = np.arange(ni, n)
+        d = _hamming_words(self._words[ni:n], qw)
+        if self._n_dead:
+            keep = alive[P]
+            P, d = P[keep], d[keep]
+        bp, bd = self._select(P, d, k)
+        if ni == 0:
+            return bp, bd
+        order = np.arange(m)
+        budget = self.scan_fraction * (n + 64)
+        cost = seen = 0
+        for r in range(int(self._lengths.min()) + 1):
+            for t in range(m):
+                if cost + 64 * math.comb(int(self._lengths[t]), r) > budget:
+                    return self._select(*self._scan_all(qw), k)
+                keys = _flip_masks(int(self._lengths[t]), r) ^ (qs[t] | self._table_shift[t])
+                j = self._entries(keys)
+                cost += 64 * len(keys) + 2 * len(j)
+                if len(j):
+                    x = tb.tcodes[j] ^ qw  # (len(j), W)
+                    h = popcount(x[:, None, :] & self._tmask[None, :, :]).sum(
+                        axis=2, dtype=np.int64
+                    )
+                    # new here unless an earlier probe (smaller (radius, table)) met it
+                    new = ~((h < r) | ((h == r) & (order < t))).any(axis=1)
+                    seen += int(new.sum())
+                    P, d = tb.tids[j[new]].astype(np.int64), h[new].sum(axis=1)
+                    keep = alive[P]
+                    if len(bd) >= k:
+                        keep &= d <= bd.max()
+                    P, d = P[keep], d[keep]
+                    if len(P):
+                        bp, bd = self._select(np.concatenate([bp, P]), np.concatenate([bd, d]), k)
+                if len(bd) >= k and int(bd.max()) < m * r + t + 1:
+                    return bp, bd
+                if seen == ni:
+                    return bp, bd  # every indexed code met
+        return bp, bd  # a table was probed at its full length: every code was met
+
+    def _select(self, P: np.ndarray, d: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best candidates by (distance, id, position), unsorted."""
+        if len(P) <= k:
+            return P, d
+        T = int(np.partition(d, k - 1)[k - 1])
+        below = d < T
+        nb = int(below.sum())
+        tie = np.flatnonzero(d == T)
+        if nb + len(tie) == k:
+            keep = below | (d == T)
+            return P[keep], d[keep]
+        tp = P[tie]
+        o = np.lexsort((tp, self._ids[tp]))[: k - nb]
+        return np.concatenate([P[below], tp[o]]), np.concatenate([d[below], d[tie[o]]])
+
+    # ------------------------------------------------------------ persistence
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write codes, ids and settings atomically (temp file, fsync, rename) as ``.npz``.
+
+        The hash tables are derived data: :meth:`load` rebuilds them.
+        """
+        with self._lock:
+            live = self._alive[: self._n]
+            arrays = {
+                "format": np.array(_FORMAT),
+                "bits": np.array(self.bits),
+                "m_requested": np.array(-1 if self.m_requested is None else self.m_requested),
+                "pending_limit": np.array(self.pending_limit),
+                "dead_fraction": np.array(self.dead_fraction),
+                "scan_fraction": np.array(self.scan_fraction),
+                "words": self._words[: self._n][live],
+                "ids": self._ids[: self._n][live],
+            }
+
+            def write(f):
+                buf = io.BytesIO()
+                np.savez(buf, **arrays)
+                f.write(buf.getbuffer())
+
+            return atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], backend: str = "auto") -> MultiIndexHash:
+        """Read an index written by :meth:`save` (and rebuild its tables)."""
+        with np.load(os.fspath(path), allow_pickle=False) as z:
+            if "format" not in z or str(z["format"]) != _FORMAT:
+                raise ValueError(f"{path}: not a cbir MIH index ({_FORMAT})")
+            mreq = int(z["m_requested"])
+            index = cls(
+                int(z["bits"]),
+                None if mreq < 0 else mreq,
+                backend=backend,
+                pending_limit=int(z["pending_limit"]),
+                dead_fraction=float(z["dead_fraction"]),
+                scan_fraction=float(z["scan_fraction"]),
+            )
+            words = np.ascontiguousarray(z["words"], dtype=np.uint64)
+            ids = np.ascontiguousarray(z["ids"], dtype=np.int64)
+        n = len(ids)
+        if words.shape != (n, index._nwords):
+            raise ValueError(
+                f"{path}: codes array has shape {words.shape}, expected ({n}, {index._nwords})"
+            )
+        index._words, index._ids, index._n = words, ids, n
+        index._alive = np.ones(n, dtype=bool)
+        index.rebuild()
+        return index
