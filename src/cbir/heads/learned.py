@@ -1,0 +1,278 @@
+"""Learned heads: a small network on backbone features, saved as one checkpoint file.
+
+Every trained model (deep hashing, metric learning, unsupervised codes) reduces to the
+same thing at search time: standardise the 1280-d backbone features with the training
+set's statistics, run an MLP (:class:`Head`, no hidden layer for LSH/ITQ), and either
+take ``sign`` (binary codes, packed as faiss packs them) or L2-normalise (float
+embeddings for cosine search). The checkpoint holds the layer sizes, the weights, the
+input statistics and the backbone fingerprint, so an index built with it refuses
+features from another backbone.
+
+A run trained with ``--finetune`` also has the fine-tuned backbone's state dict
+(``backbone.pt`` beside ``model.pt``; ``backbone-<digest>.pt`` in an index directory):
+the checkpoint's backbone fingerprint carries that file's digest, and indexing or
+evaluating with the run embeds with that backbone (its own cached ONNX export).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cbir.errors import CbirError
+from cbir.heads.transform import l2_normalize, register_transform
+from cbir.utils import atomic_write_bytes
+
+FORMAT = "cbir-model-1"
+CHECKPOINT = "model.pt"
+BACKBONE_FILE = "backbone.pt"
+
+
+class Head(nn.Module):
+    """MLP ``in_dim -> hidden... -> out_dim`` (ReLU, optional dropout and batch norm).
+
+    Args:
+        in_dim: input (backbone feature) dimension.
+        out_dim: code length or embedding dimension.
+        hidden: widths of the hidden layers (empty: one linear layer).
+        dropout: dropout before each hidden layer's output (training only).
+        batchnorm: batch norm after each hidden linear layer.
+    """
+
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden: list[int] | tuple[int, ...] = (),
+        dropout: float = 0.0, batchnorm: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.config = {
+            "in_dim": int(in_dim), "out_dim": int(out_dim), "hidden": [int(h) for h in hidden],
+            "dropout": float(dropout), "batchnorm": bool(batchnorm),
+        }  # fmt: skip
+        layers: list[nn.Module] = []
+        d = in_dim
+        for h in hidden:
+            layers.append(nn.Linear(d, h))
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(h))
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            d = h
+        layers.append(nn.Linear(d, out_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def pack_bits(u: np.ndarray) -> np.ndarray:
+    """``sign(u) >= 0`` as packed uint8 rows: bit ``j`` in byte ``j // 8`` at position
+    ``j % 8`` (little-endian), the layout of faiss ``IndexBinary``."""
+    return np.packbits(np.asarray(u) >= 0, axis=1, bitorder="little")
+
+
+def save_checkpoint(path: str | os.PathLike[str], ckpt: dict[str, Any]) -> None:
+    """Write a checkpoint atomically."""
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint (tensors and plain values only: ``weights_only``)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT
+    if not p.exists():
+        raise CbirError(f"{path}: no trained model here (expected {CHECKPOINT}; train one with `cbir train`)")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CbirError(f"{p}: not a cbir model checkpoint ({e.__class__.__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CbirError(f"{p}: not a cbir model checkpoint (format {FORMAT} expected)")
+    return ckpt
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+class LearnedTransform:
+    """Backbone features -> codes or embeddings of a trained head (see module doc).
+
+    Args:
+        ckpt: a checkpoint dict (:func:`load_checkpoint`).
+        path: the checkpoint file it came from.
+    """
+
+    def __init__(self, ckpt: dict[str, Any], path: Path | None = None) -> None:
+        self.ckpt = ckpt
+        self.path = path
+        self.kind: str = ckpt["kind"]
+        self.dim: int = int(ckpt["head"]["out_dim"])
+        self.method: str = ckpt["method"]
+        self.head = Head(**ckpt["head"])
+        self.head.load_state_dict(ckpt["state"])
+        self.head.eval()
+        self.mean = ckpt["input"]["mean"].float()
+        self.std = ckpt["input"]["std"].float()
+        self.digest = file_digest(path) if path is not None else None
+        # a joint image-text model (VSE++, cbir.heads.vsepp) also carries its text head
+        self.text_head: Head | None = None
+        if "text_head" in ckpt:
+            self.text_head = Head(**ckpt["text_head"])
+            self.text_head.load_state_dict(ckpt["text_state"])
+            self.text_head.eval()
+            self.text_mean = ckpt["text_input"]["mean"].float()
+            self.text_std = ckpt["text_input"]["std"].float()
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str]) -> LearnedTransform:
+        p = Path(path)
+        p = p / CHECKPOINT if p.is_dir() else p
+        return cls(load_checkpoint(p), p)
+
+    @property
+    def backbone(self) -> dict[str, Any]:
+        """The fingerprint of the backbone the head was trained on."""
+        return self.ckpt["backbone"]
+
+    @property
+    def finetuned(self) -> bool:
+        """Whether the run fine-tuned the backbone (its weights are a file of the run)."""
+        return bool(self.ckpt.get("backbone_file"))
+
+    @property
+    def backbone_weights(self) -> Path | None:
+        """The fine-tuned backbone's weights file (None: the ImageNet backbone).
+
+        Looked up beside the checkpoint: the run's ``backbone.pt``, or
+        ``backbone-<digest>.pt`` in an index directory; its digest must match.
+        """
+        if not self.finetuned:
+            return None
+        from cbir.backbones.efficientnet_lite import file_digest as weights_file_digest
+
+        want = self.backbone["weights"]
+        base = self.path.parent if self.path is not None else Path(".")
+        for name in (self.ckpt["backbone_file"], f"backbone-{want}.pt"):
+            p = base / name
+            if p.exists() and weights_file_digest(p) == want:
+                return p
+        raise CbirError(
+            f"{self.path}: the fine-tuned backbone weights (digest {want}) are not beside the"
+            f" checkpoint (expected {base / self.ckpt['backbone_file']}); copy the whole run"
+            " directory, or train it again"
+        )
+
+    @torch.no_grad()
+    def outputs(self, features: np.ndarray, batch: int = 8192) -> np.ndarray:
+        """Real-valued head outputs ``(n, dim)`` (before sign / normalisation)."""
+        x = torch.from_numpy(np.array(features, dtype=np.float32))
+        out = []
+        for i in range(0, len(x), batch):
+            out.append(self.head((x[i : i + batch] - self.mean) / self.std))
+        if not out:
+            return np.zeros((0, self.dim), np.float32)
+        return torch.cat(out).numpy()
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        if self.kind == "sparse":  # L2-normalised scipy CSR rows (cbir.heads.sparse)
+            from cbir.heads.sparse import encode_sparse
+
+            return encode_sparse(self, features)
+        u = self.outputs(features)
+        return pack_bits(u) if self.kind == "binary" else l2_normalize(u)
+
+    def float_view(self, features: np.ndarray) -> np.ndarray:
+        """Unit vectors of the real outputs (re-ranking a Hamming shortlist); the dense
+        rows of a sparse model's codes."""
+        if self.kind == "sparse":
+            return self(features).toarray()
+        return l2_normalize(self.outputs(features))
+
+    @property
+    def joint(self) -> bool:
+        """True for a joint image-text model, whose text head embeds captions."""
+        return self.text_head is not None
+
+    @torch.no_grad()
+    def text_vectors(self, sentence_embeddings: np.ndarray) -> np.ndarray:
+        """Unit vectors in the joint space of sentence-encoder embeddings ``(n, 384)``."""
+        if self.text_head is None:
+            raise CbirError(f"{self.path}: a {self.method} model has no text side; train one with --method vsepp")
+        t = torch.from_numpy(np.array(sentence_embeddings, dtype=np.float32))
+        return l2_normalize(self.text_head((t - self.text_mean) / self.text_std).numpy())
+
+    def encode_text(self, texts: list[str] | tuple[str, ...]) -> np.ndarray:
+        """Unit vectors in the joint space of ``texts`` (sentence encoder, then text head)."""
+        from cbir.heads.vsepp import encode_texts, text_fingerprint
+
+        want = self.ckpt.get("text_encoder", {})
+        have = text_fingerprint()
+        if want.get("weights") not in (None, have["weights"]):
+            raise CbirError(
+                f"{self.path}: trained on sentence encoder {want.get('model')} weights {want.get('weights')},"
+                f" this cbir has {have['model']} {have['weights']}; retrain the model"
+            )
+        return self.text_vectors(encode_texts(texts))
+
+    def fit(self, features: np.ndarray) -> None:
+        """Nothing to fit: the head was trained."""
+
+    def install(self, root: Path) -> None:
+        """Copy the checkpoint into an index directory, so the index is self-contained."""
+        if self.path is None or self.digest is None:
+            raise CbirError("a learned model must come from a checkpoint file to be indexed")
+        copies = [(self.path, Path(root) / f"model-{self.digest}.pt")]
+        weights = self.backbone_weights
+        if weights is not None:
+            copies.append((weights, Path(root) / f"backbone-{self.backbone['weights']}.pt"))
+        for src, dst in copies:
+            if not dst.exists():
+                tmp = dst.with_name(f".{dst.name}.tmp")
+                shutil.copyfile(src, tmp)
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, dst)
+
+    def spec(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "kind": "learned",
+            "file": f"model-{self.digest}.pt",
+            "digest": self.digest,
+            "method": self.method,
+            "code": self.kind,
+            "dim": self.dim,
+        }
+        if self.text_head is not None:  # the index answers text queries (cbir.search.joint)
+            out["text"] = self.ckpt.get("text_encoder", {}).get("model", "sentence encoder")
+        if self.finetuned:  # codes of the fine-tuned backbone's features
+            out["backbone_weights"] = self.backbone["weights"]
+        return out
+
+
+def _load(spec: dict[str, Any], root: Path | None) -> LearnedTransform:
+    if root is None:
+        raise CbirError("a learned transform needs its index directory")
+    path = Path(root) / spec["file"]
+    t = LearnedTransform(load_checkpoint(path), path)
+    if t.digest != spec["digest"]:
+        raise CbirError(f"{path}: model file does not match the index (digest {t.digest} != {spec['digest']})")
+    return t
+
+
+register_transform("learned", _load)
