@@ -1,0 +1,33 @@
+"""``cbir check INDEX_DIR``: the integrity check, exit 1 when the index is broken."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+
+AddCommand = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Run :func:`check_index` and print its report."""
+    from cbir.reliability.check import check_index
+
+    report = check_index(args.index_dir, hashes=not args.no_hashes)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
+def register(add: AddCommand) -> None:
+    """Add the ``check`` subcommand."""
+    sp = add(
+        "check",
+        cmd_check,
+        "Check an index: metadata, feature segments and search index agree; file hashes match.",
+    )
+    sp.add_argument("index_dir")
+    sp.add_argument("--no-hashes", action="store_true", help="do not re-hash the indexed files")
+    sp.add_argument("--json", action="store_true")
