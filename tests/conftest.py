@@ -52,6 +52,20 @@ def photos_copy(photos_dir: Path, tmp_path: Path) -> Path:
     return dst
 
 
+def write_fashion_folder(root: Path, classes: dict[int, str], per_split: dict[str, int]) -> Path:
+    """An ImageFolder of real Fashion-MNIST PNGs: ``root/SPLIT/CLASS/*.png``."""
+    from cbir.data.registry import open_dataset
+
+    ds = open_dataset("fashion-mnist")
+    for split, per in per_split.items():
+        images = ds[split]
+        for label, name in classes.items():
+            (root / split / name).mkdir(parents=True)
+            for i in np.flatnonzero(images.labels == label)[:per]:
+                images.load(int(i)).save(root / split / name / f"{split}{i}.png")
+    return root
+
+
 def fashion_available() -> bool:
     return (FASHION_ROOT / "t10k-images-idx3-ubyte.gz").exists()
 

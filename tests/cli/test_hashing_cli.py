@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cbir.cli import main
-from tests.conftest import needs_fashion
+from tests.conftest import needs_fashion, write_fashion_folder
 
 pytestmark = needs_fashion
 
@@ -27,17 +27,7 @@ def run(capsys, *argv: str) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     """ImageFolder of real Fashion-MNIST PNGs: train/ (30 per class), test/ (10 per class)."""
-    from cbir.data.registry import open_dataset
-
-    ds = open_dataset("fashion-mnist")
-    root = tmp_path_factory.mktemp("fashion-cli")
-    for split, per in (("train", 30), ("test", 10)):
-        images = ds[split]
-        for label, name in CLASSES.items():
-            (root / split / name).mkdir(parents=True)
-            for i in np.flatnonzero(images.labels == label)[:per]:
-                images.load(int(i)).save(root / split / name / f"{split}{i}.png")
-    return root
+    return write_fashion_folder(tmp_path_factory.mktemp("fashion-cli"), CLASSES, {"train": 30, "test": 10})
 
 
 def test_train_index_search_with_each_binary_index_type(capsys, folder, tmp_path, monkeypatch):

@@ -156,10 +156,10 @@ def test_save_load_round_trip(tmp_path, backend):
             np.testing.assert_array_equal(a, b)
 
 
-def test_default_m_follows_the_paper():
-    assert default_m(64, 2**20) == 3  # m ~ bits / log2(n)
-    assert default_m(64, 2**16) == 4
-    assert default_m(128, 2**16) == 8
+def test_default_m_follows_the_paper_scaled():
+    assert default_m(64, 2**20) == 4  # m ~ 1.25 bits / log2(n)
+    assert default_m(64, 2**16) == 5
+    assert default_m(128, 2**16) == 10
     assert default_m(64, 10) >= 2  # substrings of at most 32 bits
     assert default_m(256, 0) == 8
 

@@ -22,7 +22,7 @@ from cbir.backbones.efficientnet_lite import (
 from cbir.errors import CbirError
 from cbir.heads.learned import LearnedTransform, load_checkpoint
 from cbir.train.trainer import TrainConfig, train
-from tests.conftest import needs_fashion
+from tests.conftest import needs_fashion, write_fashion_folder
 
 pytestmark = needs_fashion
 
@@ -46,17 +46,7 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     """ImageFolder of real Fashion-MNIST PNGs: train/ (40 per class) and test/ (12 per class)."""
-    from cbir.data.registry import open_dataset
-
-    ds = open_dataset("fashion-mnist")
-    root = tmp_path_factory.mktemp("fashion-folder")
-    for split, per in (("train", 40), ("test", 12)):
-        images = ds[split]
-        for label, name in CLASSES.items():
-            (root / split / name).mkdir(parents=True)
-            for i in np.flatnonzero(images.labels == label)[:per]:
-                images.load(int(i)).save(root / split / name / f"{split}{i}.png")
-    return root
+    return write_fashion_folder(tmp_path_factory.mktemp("fashion-folder"), CLASSES, {"train": 40, "test": 12})
 
 
 def _cfg(folder: Path, **kw) -> TrainConfig:

@@ -7,7 +7,8 @@ One interface over faiss's binary indexes and our multi-index hashing:
 - ``BIVF<nlist>[,nprobe=P]``: faiss ``IndexBinaryIVF`` (approximate; needs training).
 - ``BHNSW<M>[,ef=E]``: faiss ``IndexBinaryHNSW`` (approximate; cannot remove).
 - ``MIH`` / ``MIH<m>``: exact k-NN by multi-index hashing (Norouzi, Punjani & Fleet,
-  CVPR 2012), :mod:`cbir.index.mih`; ``m`` defaults to ``bits / log2(n)``.
+  CVPR 2012), :mod:`cbir.index.mih`; ``m`` defaults to
+  ``1.25 bits / log2(n)`` (measured; see ``default_m``).
 
 Every index answers ``search`` with ``(D int32 (n, k), I int64 (n, k))`` ascending by
 (Hamming distance, id), padded with ``INT32_MAX`` / ``-1``; the exact ones (BFlat, MIH)
