@@ -66,7 +66,9 @@ def raw_onnxruntime(n: int, size: int = 224, batch: int = 64) -> float:
     return done / (time.perf_counter() - t)
 
 
-def cbir_index(folder: Path, index_dir: Path, batch: int = 64, workers: int = 2) -> tuple[float, int]:
+def cbir_index(
+    folder: Path, index_dir: Path, batch: int = 64, workers: int = 2
+) -> tuple[float, int]:
     """img/s of `cbir index` end to end (fresh index; the backbone session is warm)."""
     from cbir.pipeline import index_folder
 
@@ -103,7 +105,9 @@ def main() -> None:
         print(f"{'raw onnxruntime forward (random 224px u8)':<40} {r:>8.1f}")
         print(f"{'cbir index end to end (real JPEGs)':<40} {e:>8.1f}")
         print(f"{'ratio (end to end / raw)':<40} {e / r:>8.2f}")
-        print(f"runs: raw {', '.join(f'{v:.1f}' for v in raw)}; cbir {', '.join(f'{v:.1f}' for v in end)}")
+        print(
+            f"runs: raw {', '.join(f'{v:.1f}' for v in raw)}; cbir {', '.join(f'{v:.1f}' for v in end)}"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -26,8 +26,14 @@ def main() -> None:
         s, _ = evaluate("fashion-mnist", args.protocol, model, size=args.size, progress=False)
         rows.append((s["model"], s["metrics"], s["seconds"], time.perf_counter() - t, s))
     s = rows[0][4]
-    print(f"protocol {s['protocol']}: {s['n_queries']} queries x {s['n_database']} database, {s['size']} px")
-    keys = [k for k in ("map", "map_ordered", "p@10", "p@100", "recall@1", "map@r", "nmi") if k in rows[0][1]]
+    print(
+        f"protocol {s['protocol']}: {s['n_queries']} queries x {s['n_database']} database, {s['size']} px"
+    )
+    keys = [
+        k
+        for k in ("map", "map_ordered", "p@10", "p@100", "recall@1", "map@r", "nmi")
+        if k in rows[0][1]
+    ]
     print(f"{'model':<28}" + "".join(f"{k:>12}" for k in keys) + f"{'seconds':>10}")
     for name, m, _sec, wall, _ in rows:
         print(f"{name:<28}" + "".join(f"{m[k]:>12.4f}" for k in keys) + f"{wall:>10.1f}")

@@ -52,7 +52,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     else:
         print("\n".join(summary.lines()))
         if synced:
-            print(f"store {synced.pop('store')}: " + ", ".join(f"{k} {v}" for k, v in synced.items()))
+            print(
+                f"store {synced.pop('store')}: " + ", ".join(f"{k} {v}" for k, v in synced.items())
+            )
     if summary.found == 0 and summary.total == 0:
         return 1
     return 0
@@ -75,7 +77,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if rerank is not None and (searcher is not None or text is not None or where is not None):
         if searcher is not None:
             searcher.close()
-        raise CbirError("--rerank re-ranks image queries on the index itself; drop --store, --text and --where")
+        raise CbirError(
+            "--rerank re-ranks image queries on the index itself; drop --store, --text and --where"
+        )
     searcher = searcher or Searcher(args.index_dir, rerank=rerank)
     try:
         if text is not None:
@@ -138,12 +142,20 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"index:        {info['index']}")
         print(f"count:        {info['count']}")
         print(f"dimension:    {info['dimension']} ({info['kind']})")
-        print(f"backbone:     {bb['backbone']} (weights {bb['weights']}, {bb['preprocess']['size']} px, {bb['preprocess']['mode']})")
-        print(f"model:        {info['model'].get('kind')}" + (" (centred)" if info["model"].get("center") else ""))
+        print(
+            f"backbone:     {bb['backbone']} (weights {bb['weights']}, {bb['preprocess']['size']} px, {bb['preprocess']['mode']})"
+        )
+        print(
+            f"model:        {info['model'].get('kind')}"
+            + (" (centred)" if info["model"].get("center") else "")
+        )
         print(f"index type:   {info['index_type']}")
         print(f"size on disk: {_human_bytes(info['size_on_disk'])}")
         md = info["metadata"]
-        print(f"metadata:     {md['images']} image(s) with text" + (f"; fields: {', '.join(md['fields'])}" if md["fields"] else ""))
+        print(
+            f"metadata:     {md['images']} image(s) with text"
+            + (f"; fields: {', '.join(md['fields'])}" if md["fields"] else "")
+        )
     return 0
 
 
@@ -164,7 +176,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     for lay in layouts():
         roots = [str(r) for r in lay.roots()]
         found = next((r for r in roots if os.path.exists(r)), None)
-        rows.append({"name": lay.name, "description": lay.description, "looks_in": roots, "found": found})
+        rows.append(
+            {"name": lay.name, "description": lay.description, "looks_in": roots, "found": found}
+        )
     if args.json:
         _print_json(rows)
     else:
@@ -172,7 +186,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             status = f"found at {r['found']}" if r["found"] else "not found"
             print(f"{r['name']:<16} {r['description']}")
             print(f"{'':<16} looks in: {', '.join(r['looks_in']) or '(give a path)'} [{status}]")
-        print("Any directory in one of these layouts can be passed by path; set CBIR_DATA to add a root.")
+        print(
+            "Any directory in one of these layouts can be passed by path; set CBIR_DATA to add a root."
+        )
     return 0
 
 
@@ -180,30 +196,60 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from cbir.distributed import cli as dist_cli
 
-    p = argparse.ArgumentParser(prog="cbir", description="Content-based image retrieval on one CPU machine.")
+    p = argparse.ArgumentParser(
+        prog="cbir", description="Content-based image retrieval on one CPU machine."
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(func=func)
         return sp
 
-    sp = add("index", cmd_index, "Index a folder of images (incremental: only new or changed files are embedded).")
+    sp = add(
+        "index",
+        cmd_index,
+        "Index a folder of images (incremental: only new or changed files are embedded).",
+    )
     sp.add_argument("images_dir", help="folder of images (searched recursively)")
     sp.add_argument("--index", required=True, help="index directory (created if missing)")
     sp.add_argument("--batch-size", type=int, default=64)
     sp.add_argument("--workers", type=int, default=2, help="image decoding threads")
-    sp.add_argument("--index-type", default=None, help="faiss index_factory string (default Flat; e.g. HNSW32, IVF1024,PQ32)")
-    sp.add_argument("--size", type=int, default=None, help="backbone input size in pixels (default 224)")
-    sp.add_argument("--center", action="store_true", help="centre features by the collection mean before cosine")
-    sp.add_argument("--model", default=None, metavar="RUN_DIR", help="a `cbir train` run: store its codes / embeddings")
+    sp.add_argument(
+        "--index-type",
+        default=None,
+        help="faiss index_factory string (default Flat; e.g. HNSW32, IVF1024,PQ32)",
+    )
+    sp.add_argument(
+        "--size", type=int, default=None, help="backbone input size in pixels (default 224)"
+    )
+    sp.add_argument(
+        "--center", action="store_true", help="centre features by the collection mean before cosine"
+    )
+    sp.add_argument(
+        "--model",
+        default=None,
+        metavar="RUN_DIR",
+        help="a `cbir train` run: store its codes / embeddings",
+    )
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     dist_cli.add_index_options(sp)  # --engine ray, --ray-address, --store milvus:URI
 
-    sp = add("search", cmd_search, "Search an index by image file, folder of images, id:N, or --text.")
+    sp = add(
+        "search", cmd_search, "Search an index by image file, folder of images, id:N, or --text."
+    )
     sp.add_argument("index_dir")
-    sp.add_argument("query", nargs="?", default=None, help="an image file, a folder of query images, or id:N")
-    sp.add_argument("--text", default=None, metavar="TEXT", help="a text query instead of QUERY (see --text-mode)")
+    sp.add_argument(
+        "query", nargs="?", default=None, help="an image file, a folder of query images, or id:N"
+    )
+    sp.add_argument(
+        "--text",
+        default=None,
+        metavar="TEXT",
+        help="a text query instead of QUERY (see --text-mode)",
+    )
     sp.add_argument("--text-mode", choices=("auto", "metadata", "classes", "joint"), default="auto",
                     help="metadata: FTS5 over sidecar/EXIF fields and tags; classes: ImageNet class"
                     " keywords via MiniLM; joint: the index's VSE++ model; auto: metadata, then"
@@ -219,11 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_rerank_arguments(sp)  # --rerank qe|alpha-qe|kreciprocal and its parameters
 
-    sp = add("info", cmd_info, "Show an index: count, dimension, backbone, index type, size on disk.")
+    sp = add(
+        "info", cmd_info, "Show an index: count, dimension, backbone, index type, size on disk."
+    )
     sp.add_argument("index_dir")
     sp.add_argument("--json", action="store_true")
 
-    sp = add("datasets", cmd_datasets, "List the dataset layouts cbir reads and where it looks for them.")
+    sp = add(
+        "datasets", cmd_datasets, "List the dataset layouts cbir reads and where it looks for them."
+    )
     sp.add_argument("--json", action="store_true")
 
     # Further subcommands live next to their stage: each module has

@@ -54,12 +54,18 @@ def write_sample(root: Path, per_class: int = 100) -> tuple[Path, list[Path]]:
         photos.mkdir(exist_ok=True)
         for name in ("astronaut", "coffee", "chelsea", "rocket", "horse", "camera"):
             a = getattr(data, name)()
-            img = Image.fromarray(a if a.dtype == np.uint8 else (a * 255).astype(np.uint8)).convert("RGB")
+            img = Image.fromarray(a if a.dtype == np.uint8 else (a * 255).astype(np.uint8)).convert(
+                "RGB"
+            )
             img.save(photos / f"{name}.jpg", quality=92)
         for name, op in (("coffee", "crop"), ("chelsea", "rotate")):
             img = Image.open(photos / f"{name}.jpg")
             w, h = img.size
-            img = img.crop((w // 10, h // 10, w - w // 10, h - h // 10)) if op == "crop" else img.rotate(7)
+            img = (
+                img.crop((w // 10, h // 10, w - w // 10, h - h // 10))
+                if op == "crop"
+                else img.rotate(7)
+            )
             buf = io.BytesIO()
             img.save(buf, "JPEG", quality=55)
             q = qdir / f"{op}-of-{name}.jpg"

@@ -65,7 +65,10 @@ class IndexSummary:
             + ")"
         ]
         for f in self.failed[:50]:
-            out.append(f"  failed: {f['path']}: {f['reason']}" + (f" ({f['detail']})" if f.get("detail") else ""))
+            out.append(
+                f"  failed: {f['path']}: {f['reason']}"
+                + (f" ({f['detail']})" if f.get("detail") else "")
+            )
         if len(self.failed) > 50:
             out.append(f"  ... and {len(self.failed) - 50} more (see --json)")
         return out
@@ -105,9 +108,15 @@ def create_or_open(
                 f"{root} was built at --size {cfg['backbone']['preprocess']['size']}, not {size};"
                 " use another --index directory"
             )
-        if center is not None and bool(center) != bool(store.get_meta("transform", {}).get("center")):
+        if center is not None and bool(center) != bool(
+            store.get_meta("transform", {}).get("center")
+        ):
             raise CbirError(f"{root} was built with a different --center setting")
-        if transform is not None and hasattr(transform, "backbone") and transform.backbone != cfg["backbone"]:
+        if (
+            transform is not None
+            and hasattr(transform, "backbone")
+            and transform.backbone != cfg["backbone"]
+        ):
             store.close()
             raise CbirError(
                 f"{root} was built with the {_backbone_desc(cfg['backbone'])}; the model was"
@@ -130,8 +139,14 @@ def create_or_open(
         if size is not None and size != trained:
             raise CbirError(f"the model was trained at --size {trained}, not {size}")
         size = trained
-    backbone = get_backbone(size or DEFAULT_SIZE, weights=getattr(transform, "backbone_weights", None))
-    if transform is not None and hasattr(transform, "backbone") and transform.backbone != backbone.fingerprint:
+    backbone = get_backbone(
+        size or DEFAULT_SIZE, weights=getattr(transform, "backbone_weights", None)
+    )
+    if (
+        transform is not None
+        and hasattr(transform, "backbone")
+        and transform.backbone != backbone.fingerprint
+    ):
         raise CbirError("the model was trained on another backbone; retrain it with this cbir")
     transform = transform or FrozenTransform(dim=backbone.dim, center=bool(center))
     config = {
@@ -151,7 +166,9 @@ def _backbone_desc(fp: dict[str, Any]) -> str:
     from cbir.backbones.efficientnet_lite import is_finetuned
 
     what = "fine-tuned" if is_finetuned(fp) else "ImageNet"
-    return f"{fp['backbone']} backbone ({what} weights {fp['weights']}, {fp['preprocess']['size']} px)"
+    return (
+        f"{fp['backbone']} backbone ({what} weights {fp['weights']}, {fp['preprocess']['size']} px)"
+    )
 
 
 def backbone_for(store: IndexStore):
@@ -213,7 +230,9 @@ def index_folder(
         raise CbirError(f"{images_dir}: no such folder")
     files = find_images(root)
     if not files and not IndexStore.exists(index_dir):
-        raise CbirError(f"{images_dir}: no images found (looked for jpg, png, webp, bmp, gif, tiff)")
+        raise CbirError(
+            f"{images_dir}: no images found (looked for jpg, png, webp, bmp, gif, tiff)"
+        )
     transform = None
     if model is not None:
         from cbir.heads.learned import LearnedTransform
@@ -227,7 +246,9 @@ def index_folder(
     summary = IndexSummary(images_dir=str(root), index_dir=str(index_dir), found=len(files))
     store.lock()
     try:
-        _index_files(store, root, files, summary, batch_size, workers, commit_every, progress, engine)
+        _index_files(
+            store, root, files, summary, batch_size, workers, commit_every, progress, engine
+        )
         vector_index.refresh(store)
         store.compact()
         summary.total = store.count()
@@ -259,12 +280,20 @@ def _index_files(
             path.encode("utf-8")
         except UnicodeEncodeError:  # the index stores paths as UTF-8 text
             shown = os.fsencode(path).decode("utf-8", "backslashreplace")
-            summary.failed.append({"path": shown, "reason": "bad-name", "detail": "the file name is not UTF-8; rename it"})
+            summary.failed.append(
+                {
+                    "path": shown,
+                    "reason": "bad-name",
+                    "detail": "the file name is not UTF-8; rename it",
+                }
+            )
             continue
         try:
             st = p.stat()
         except OSError as e:
-            summary.failed.append({"path": path, "reason": "unreadable", "detail": e.strerror or str(e)})
+            summary.failed.append(
+                {"path": path, "reason": "unreadable", "detail": e.strerror or str(e)}
+            )
             continue
         row = existing.get(path)
         if row is not None and row["size"] == st.st_size and row["mtime_ns"] == st.st_mtime_ns:
@@ -324,7 +353,9 @@ def _index_files(
         if not (added or touched or (final and (gone or sidecar_updates))):
             return
         f = np.concatenate(feats) if feats else None
-        store.commit(added, f, touched, gone if final else (), sidecars=sidecar_updates if final else None)
+        store.commit(
+            added, f, touched, gone if final else (), sidecars=sidecar_updates if final else None
+        )
         added, feats, touched = [], [], []
 
     if engine is None:
@@ -334,13 +365,22 @@ def _index_files(
     for batch in batches:
         extras = top_classes(batch.logits) if len(batch.logits) else []
         reuse_ids = [info["reuse"] for _, info, row in batch.ok if row < 0 and "reuse" in info]
-        reuse_feats = dict(zip(reuse_ids, store.features(reuse_ids), strict=True)) if reuse_ids else {}
+        reuse_feats = (
+            dict(zip(reuse_ids, store.features(reuse_ids), strict=True)) if reuse_ids else {}
+        )
         for (path, _st), info, row in batch.ok:
             if "touch" in info:
                 touched.append(Touch(info["touch"], info["size"], info["mtime_ns"]))
                 summary.touched += 1
                 continue
-            im = NewImage(path, info["sha"], info["size"], info["mtime_ns"], info.get("width"), info.get("height"))
+            im = NewImage(
+                path,
+                info["sha"],
+                info["size"],
+                info["mtime_ns"],
+                info.get("width"),
+                info.get("height"),
+            )
             exif = info["exif"] if "exif" in info else exif_from_file(path)
             im.meta = {"sidecar": sidecars.get(path, {}), "exif": exif}
             if row >= 0:
@@ -350,7 +390,11 @@ def _index_files(
             else:
                 src = store.row(info["reuse"])
                 if src is not None:
-                    im.width, im.height, im.extra = src["width"], src["height"], json.loads(src["extra"])
+                    im.width, im.height, im.extra = (
+                        src["width"],
+                        src["height"],
+                        json.loads(src["extra"]),
+                    )
                 feats.append(reuse_feats[info["reuse"]][None])
                 summary.reused += 1
             added.append(im)

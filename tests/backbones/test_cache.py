@@ -41,7 +41,9 @@ def test_cached_features_match_direct_embedding(small_set, tmp_path, monkeypatch
     # a different subset or input size is a different cache entry
     sub = small_set.subset([0, 2])
     assert cache_path(sub, backbone.fingerprint) != path
-    np.testing.assert_allclose(dataset_features(sub, size=96, progress=False), feats[[0, 2]], atol=1e-5)
+    np.testing.assert_allclose(
+        dataset_features(sub, size=96, progress=False), feats[[0, 2]], atol=1e-5
+    )
     assert not list(Path(path).parent.glob(".*.tmp"))
 
 

@@ -36,11 +36,23 @@ def test_search_json_file_folder_and_id(capsys, index_dir, photos_dir, tmp_path)
     d = json.loads(out)
     assert code == 0 and d["query"] == str(q)
     assert [r["rank"] for r in d["results"]] == [1, 2, 3]
-    assert set(d["results"][0]) == {"rank", "path", "score", "id"} and d["results"][0]["path"] == str(q)
+    assert set(d["results"][0]) == {"rank", "path", "score", "id"} and d["results"][0][
+        "path"
+    ] == str(q)
     code, out, _ = run(capsys, "search", str(index_dir), f"id:{d['results'][1]['id']}", "--json")
     assert json.loads(out)["results"][0]["id"] == d["results"][1]["id"]
     html = tmp_path / "r.html"
-    code, out, _ = run(capsys, "search", str(index_dir), str(photos_dir / "sub"), "-k", "2", "--json", "--html", str(html))
+    code, out, _ = run(
+        capsys,
+        "search",
+        str(index_dir),
+        str(photos_dir / "sub"),
+        "-k",
+        "2",
+        "--json",
+        "--html",
+        str(html),
+    )
     many = json.loads(out)
     assert isinstance(many, list) and len(many) == len(list((photos_dir / "sub").iterdir()))
     page = html.read_text()
@@ -50,7 +62,9 @@ def test_search_json_file_folder_and_id(capsys, index_dir, photos_dir, tmp_path)
 def test_info_and_datasets(capsys, index_dir):
     code, out, _ = run(capsys, "info", str(index_dir), "--json")
     d = json.loads(out)
-    assert code == 0 and d["dimension"] == 1280 and d["backbone"]["backbone"] == "efficientnet-lite0"
+    assert (
+        code == 0 and d["dimension"] == 1280 and d["backbone"]["backbone"] == "efficientnet-lite0"
+    )
     assert d["index_type"] == "Flat" and d["size_on_disk"] > 0 and d["count"] > 0
     code, out, _ = run(capsys, "info", str(index_dir))
     assert "count:" in out and "size on disk:" in out
@@ -77,5 +91,7 @@ def test_errors_are_one_line_and_nonzero(capsys, index_dir, tmp_path):
 
 
 def test_console_script_entry_point(index_dir):
-    r = subprocess.run([sys.executable, "-m", "cbir.cli", "info", str(index_dir)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "cbir.cli", "info", str(index_dir)], capture_output=True, text=True
+    )
     assert r.returncode == 0 and "efficientnet-lite0" in r.stdout

@@ -26,7 +26,9 @@ def run(capsys, *argv: str) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     """ImageFolder of real Fashion-MNIST PNGs: train/ (30 per class), test/ (10 per class)."""
-    return write_fashion_folder(tmp_path_factory.mktemp("fashion-cli"), CLASSES, {"train": 30, "test": 10})
+    return write_fashion_folder(
+        tmp_path_factory.mktemp("fashion-cli"), CLASSES, {"train": 30, "test": 10}
+    )
 
 
 def test_train_index_search_with_each_binary_index_type(capsys, folder, tmp_path, monkeypatch):

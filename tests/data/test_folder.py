@@ -10,7 +10,9 @@ from cbir.errors import CbirError
 
 
 def _img(path, seed=0):
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (16, 16, 3), np.uint8)).save(path, "PNG")
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (16, 16, 3), np.uint8)).save(
+        path, "PNG"
+    )
 
 
 def test_find_images_by_content_not_only_suffix(tmp_path):

@@ -31,7 +31,9 @@ def test_idx_fixture_roundtrip(tmp_path):
 
 
 def test_truncated_and_missing_idx(tmp_path):
-    (tmp_path / "x.gz").write_bytes(gzip.compress(struct.pack(">BBBBI", 0, 0, 8, 1, 10) + b"\x00" * 3))
+    (tmp_path / "x.gz").write_bytes(
+        gzip.compress(struct.pack(">BBBBI", 0, 0, 8, 1, 10) + b"\x00" * 3)
+    )
     with pytest.raises(CbirError, match="truncated"):
         read_idx(tmp_path / "x.gz")
     with pytest.raises(CbirError, match="missing train-images"):

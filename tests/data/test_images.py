@@ -11,14 +11,25 @@ from cbir.errors import ImageError
 
 
 def _encode(fmt: str, mode: str = "RGB", size=(40, 30)) -> bytes:
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (*size[::-1], 3), np.uint8)).convert(mode)
+    img = Image.fromarray(
+        np.random.default_rng(0).integers(0, 255, (*size[::-1], 3), np.uint8)
+    ).convert(mode)
     buf = io.BytesIO()
     img.save(buf, fmt)
     return buf.getvalue()
 
 
 @pytest.mark.parametrize(
-    "fmt,mode", [("JPEG", "RGB"), ("PNG", "RGBA"), ("PNG", "L"), ("GIF", "P"), ("WEBP", "RGB"), ("BMP", "RGB"), ("TIFF", "RGB")]
+    "fmt,mode",
+    [
+        ("JPEG", "RGB"),
+        ("PNG", "RGBA"),
+        ("PNG", "L"),
+        ("GIF", "P"),
+        ("WEBP", "RGB"),
+        ("BMP", "RGB"),
+        ("TIFF", "RGB"),
+    ],
 )
 def test_decodes_every_format_to_rgb(fmt, mode):
     data = _encode(fmt, mode)
@@ -43,8 +54,11 @@ def test_bad_inputs_raise_clear_reasons(tmp_path):
 
 def _png_with_size(w: int, h: int) -> bytes:
     """A tiny PNG whose header declares w x h pixels (a decompression bomb)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 10)

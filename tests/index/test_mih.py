@@ -10,7 +10,10 @@ from sklearn.datasets import load_digits
 
 from cbir.index.mih import HAVE_NUMBA, MultiIndexHash, default_m
 
-BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not HAVE_NUMBA, reason="numba"))]
+BACKENDS = [
+    "numpy",
+    pytest.param("numba", marks=pytest.mark.skipif(not HAVE_NUMBA, reason="numba")),
+]
 
 
 def digit_codes(bits: int, seed: int = 0) -> np.ndarray:
@@ -51,7 +54,18 @@ def assert_exact(index: MultiIndexHash, db, ids, queries, ks=(1, 10, 37)):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "bits,m",
-    [(16, None), (16, 1), (16, 3), (32, 2), (32, 5), (64, None), (64, 3), (64, 5), (128, 6), (128, 9)],
+    [
+        (16, None),
+        (16, 1),
+        (16, 3),
+        (32, 2),
+        (32, 5),
+        (64, None),
+        (64, 3),
+        (64, 5),
+        (128, 6),
+        (128, 9),
+    ],
 )
 @pytest.mark.parametrize("data", ["digits", "random"])
 def test_knn_equals_brute_force(backend, bits, m, data):

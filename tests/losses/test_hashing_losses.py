@@ -242,7 +242,9 @@ def test_dlbhc_is_cross_entropy_on_sigmoid_latent() -> None:
     head = DLBHCHead(6, BITS, 3)
     codes_logit, class_logits = head(torch.randn(5, 6))
     assert codes_logit.shape == (5, BITS) and class_logits.shape == (5, 3)
-    assert torch.equal(DLBHCHead.codes(codes_logit), (torch.sigmoid(codes_logit) > 0.5).to(torch.uint8))
+    assert torch.equal(
+        DLBHCHead.codes(codes_logit), (torch.sigmoid(codes_logit) > 0.5).to(torch.uint8)
+    )
 
 
 def test_multi_hot_labels_give_same_pairs_as_ids() -> None:

@@ -85,7 +85,7 @@ def test_incremental_run_embeds_nothing_unchanged_and_tracks_changes(photos_copy
     gone_id = Searcher(idx).store.row_by_path(str(gone))["id"]
     gone.unlink()  # deleted
     Image.new("RGB", (64, 64), (200, 10, 10)).save(files[2])  # changed content, same path
-    shutil.copy(files[3], photos_copy / "copy_of_3" )  # a copy: content already indexed
+    shutil.copy(files[3], photos_copy / "copy_of_3")  # a copy: content already indexed
     (photos_copy / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
     old_id = Searcher(idx).store.row_by_path(str(files[2]))["id"]
 

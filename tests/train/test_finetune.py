@@ -46,7 +46,9 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     """ImageFolder of real Fashion-MNIST PNGs: train/ (40 per class) and test/ (12 per class)."""
-    return write_fashion_folder(tmp_path_factory.mktemp("fashion-folder"), CLASSES, {"train": 40, "test": 12})
+    return write_fashion_folder(
+        tmp_path_factory.mktemp("fashion-folder"), CLASSES, {"train": 40, "test": 12}
+    )
 
 
 def _cfg(folder: Path, **kw) -> TrainConfig:

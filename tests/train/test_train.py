@@ -41,7 +41,9 @@ def frozen_map(data) -> float:
 
 @pytest.mark.parametrize("method", ["csq", "dsh"])
 def test_short_run_beats_frozen_baseline(method, data, frozen_map, tmp_path):
-    res = train(TrainConfig(method=method, bits=32, **SMALL), tmp_path / method, progress=False, data=data)
+    res = train(
+        TrainConfig(method=method, bits=32, **SMALL), tmp_path / method, progress=False, data=data
+    )
     assert 0.3 < frozen_map < 0.9
     assert res["metrics"]["map"] > frozen_map + 0.05, (res["metrics"]["map"], frozen_map)
     run = tmp_path / method
@@ -61,14 +63,26 @@ def test_same_seed_same_model(data, tmp_path):
     sa, sb = load_checkpoint(tmp_path / "a")["state"], load_checkpoint(tmp_path / "b")["state"]
     for k in sa:
         assert np.array_equal(sa[k].numpy(), sb[k].numpy()), k
-    other = train(TrainConfig(**{**cfg.__dict__, "seed": 1}), tmp_path / "c", progress=False, data=data, final_eval=False)
+    other = train(
+        TrainConfig(**{**cfg.__dict__, "seed": 1}),
+        tmp_path / "c",
+        progress=False,
+        data=data,
+        final_eval=False,
+    )
     assert other["n_train"] == 3000
     sc = load_checkpoint(tmp_path / "c")["state"]
     assert not all(np.array_equal(sa[k].numpy(), sc[k].numpy()) for k in sa)
 
 
 def test_codes_are_packed_signs(data, tmp_path):
-    train(TrainConfig(method="itq", bits=32, **SMALL), tmp_path / "itq", progress=False, data=data, final_eval=False)
+    train(
+        TrainConfig(method="itq", bits=32, **SMALL),
+        tmp_path / "itq",
+        progress=False,
+        data=data,
+        final_eval=False,
+    )
     t = LearnedTransform.from_path(tmp_path / "itq")
     u = t.outputs(data.query[:20])
     codes = t(data.query[:20])
@@ -80,7 +94,9 @@ def test_codes_are_packed_signs(data, tmp_path):
 def test_itq_beats_lsh(data, tmp_path):
     res = {}
     for m in ("lsh", "itq"):
-        res[m] = train(TrainConfig(method=m, bits=32, **SMALL), tmp_path / m, progress=False, data=data)["metrics"]["map"]
+        res[m] = train(
+            TrainConfig(method=m, bits=32, **SMALL), tmp_path / m, progress=False, data=data
+        )["metrics"]["map"]
     assert res["itq"] > res["lsh"], res
 
 
@@ -90,7 +106,13 @@ def test_index_with_model_stores_codes(data, tmp_path, photos_dir):
     from cbir.search.searcher import Searcher
 
     run = tmp_path / "run"
-    train(TrainConfig(method="csq", bits=32, **{**SMALL, "epochs": 2, "eval_every": 0}), run, progress=False, data=data, final_eval=False)
+    train(
+        TrainConfig(method="csq", bits=32, **{**SMALL, "epochs": 2, "eval_every": 0}),
+        run,
+        progress=False,
+        data=data,
+        final_eval=False,
+    )
     idx = tmp_path / "index"
     s = index_folder(photos_dir, idx, model=run, progress=False)
     assert s.indexed == s.total > 10

@@ -7,7 +7,9 @@ import numpy as np
 from cbir.unsupervised import ITQ, LSH, BinaryAutoencoder
 
 
-def _clusters(n: int = 600, dim: int = 32, k: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _clusters(
+    n: int = 600, dim: int = 32, k: int = 6, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((k, dim)) * 3
     y = rng.integers(0, k, n)

@@ -125,7 +125,9 @@ def _export_onnx(path: Path, size: int, weights: str | os.PathLike[str] | None =
 _export_lock = threading.Lock()
 
 
-def onnx_path(size: int, weights: str | os.PathLike[str] | None = None, digest: str | None = None) -> Path:
+def onnx_path(
+    size: int, weights: str | os.PathLike[str] | None = None, digest: str | None = None
+) -> Path:
     """The cached ONNX export for input ``size`` (exported on first use), of the ImageNet
     weights or of the fine-tuned ``weights`` file (keyed by its ``digest``)."""
     if weights is not None:
@@ -201,7 +203,9 @@ def get_backbone(
     if weights is None:
         return _shared(size, mode, None, None)
     st = os.stat(weights)
-    return _shared(size, mode, os.fspath(weights), _digest_of(os.fspath(weights), st.st_size, st.st_mtime_ns))
+    return _shared(
+        size, mode, os.fspath(weights), _digest_of(os.fspath(weights), st.st_size, st.st_mtime_ns)
+    )
 
 
 @lru_cache(maxsize=32)

@@ -16,7 +16,9 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
     try:
         return tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError as e:
-        raise CbirError(f"--map-at expects comma-separated integers, e.g. 1000,5000; got {text!r}") from e
+        raise CbirError(
+            f"--map-at expects comma-separated integers, e.g. 1000,5000; got {text!r}"
+        ) from e
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -46,7 +48,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if isinstance(v, float):
             print(f"  {k:<14} {v:.4f}")
     print(f"ties:     {summary['ties']}")
-    print(f"time:     {summary['seconds']['total']} s (features {summary['seconds']['features']} s)")
+    print(
+        f"time:     {summary['seconds']['total']} s (features {summary['seconds']['features']} s)"
+    )
     if args.report:
         print(f"report:   {args.report}/report.md", file=sys.stderr)
     return 0
@@ -56,24 +60,67 @@ def cmd_protocols(args: argparse.Namespace) -> int:
     from cbir.eval.protocols import ALL_VS_ALL, protocols
 
     for p in [*protocols(), ALL_VS_ALL]:
-        cut = f"mAP@{p.map_at}" if p.map_at else ("mAP@all" if p.kind == "hashing" else "Recall@K, NMI, MAP@R")
+        cut = (
+            f"mAP@{p.map_at}"
+            if p.map_at
+            else ("mAP@all" if p.kind == "hashing" else "Recall@K, NMI, MAP@R")
+        )
         print(f"{p.name:<24} dataset {p.dataset:<14} {cut}")
         print(f"{'':<24} {p.description}")
     return 0
 
 
 def register(add: Callable[..., Any]) -> None:
-    sp = add("evaluate", cmd_evaluate, "Evaluate a model on a dataset protocol (mAP, P@k, P@H<=2, Recall@K, NMI, MAP@R).")
-    sp.add_argument("--dataset", required=True, help="registered dataset name (see `cbir datasets`) or an ImageFolder path")
-    sp.add_argument("--protocol", default=None, help="protocol name (see `cbir protocols`); default: the dataset's")
-    sp.add_argument("--model", default="frozen", help="frozen (default; centred cosine), frozen-raw, or a `cbir train` run directory")
-    sp.add_argument("--size", type=int, default=None, help="backbone input size (default: the protocol's / the model's)")
+    sp = add(
+        "evaluate",
+        cmd_evaluate,
+        "Evaluate a model on a dataset protocol (mAP, P@k, P@H<=2, Recall@K, NMI, MAP@R).",
+    )
+    sp.add_argument(
+        "--dataset",
+        required=True,
+        help="registered dataset name (see `cbir datasets`) or an ImageFolder path",
+    )
+    sp.add_argument(
+        "--protocol",
+        default=None,
+        help="protocol name (see `cbir protocols`); default: the dataset's",
+    )
+    sp.add_argument(
+        "--model",
+        default="frozen",
+        help="frozen (default; centred cosine), frozen-raw, or a `cbir train` run directory",
+    )
+    sp.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="backbone input size (default: the protocol's / the model's)",
+    )
     sp.add_argument("--seed", type=int, default=0, help="seed of the protocol's random splits")
-    sp.add_argument("--map-at", default=None, metavar="K[,K...]", help="mAP cut-offs to report, e.g. 1000,5000 (default: the protocol's)")
-    sp.add_argument("--limit-queries", type=int, default=None, help="evaluate a random subset of the queries")
-    sp.add_argument("--out", "--report", dest="report", default=None, metavar="REPORT_DIR", help="write JSON, Markdown and PNG plots here")
+    sp.add_argument(
+        "--map-at",
+        default=None,
+        metavar="K[,K...]",
+        help="mAP cut-offs to report, e.g. 1000,5000 (default: the protocol's)",
+    )
+    sp.add_argument(
+        "--limit-queries", type=int, default=None, help="evaluate a random subset of the queries"
+    )
+    sp.add_argument(
+        "--out",
+        "--report",
+        dest="report",
+        default=None,
+        metavar="REPORT_DIR",
+        help="write JSON, Markdown and PNG plots here",
+    )
     sp.add_argument("--json", action="store_true", help="print the figures as JSON")
     from cbir.search.rerank import add_rerank_arguments
 
     add_rerank_arguments(sp)  # --rerank qe|alpha-qe|kreciprocal and its parameters
-    add("protocols", cmd_protocols, "List the evaluation protocols (splits and figures of the papers).")
+    add(
+        "protocols",
+        cmd_protocols,
+        "List the evaluation protocols (splits and figures of the papers).",
+    )

@@ -80,14 +80,18 @@ class Protocol:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _per_class_sample(labels: np.ndarray, per_class: int, rng: np.random.Generator, pool: np.ndarray) -> np.ndarray:
+def _per_class_sample(
+    labels: np.ndarray, per_class: int, rng: np.random.Generator, pool: np.ndarray
+) -> np.ndarray:
     """``per_class`` indices of each class from ``pool`` (multi-hot: by each item's first label)."""
     lab = labels if labels.ndim == 1 else labels.argmax(1)
     out = []
     for c in np.unique(lab[pool]):
         members = pool[lab[pool] == c]
         if len(members) < per_class:
-            raise CbirError(f"class {c} has {len(members)} images, fewer than the {per_class} the protocol needs")
+            raise CbirError(
+                f"class {c} has {len(members)} images, fewer than the {per_class} the protocol needs"
+            )
         out.append(rng.choice(members, per_class, replace=False))
     return np.sort(np.concatenate(out))
 
@@ -272,7 +276,9 @@ def get_protocol(name: str) -> Protocol:
     raise CbirError(f"unknown protocol {name!r}; known: {', '.join([*PROTOCOLS, ALL_VS_ALL.name])}")
 
 
-def resolve(dataset: str, protocol: str | None = None, seed: int = 0) -> tuple[Protocol, Dataset, Splits]:
+def resolve(
+    dataset: str, protocol: str | None = None, seed: int = 0
+) -> tuple[Protocol, Dataset, Splits]:
     """Open ``dataset`` (registered name or path) and build the protocol's splits."""
     from pathlib import Path
 

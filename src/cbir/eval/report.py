@@ -57,7 +57,13 @@ def markdown(summary: dict[str, Any]) -> str:
         "|---|---|",
     ]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in m.items() if not isinstance(v, (dict, list, str))]
-    lines += ["", "![precision-recall](pr.png) ![precision@k](p_at_k.png)", "", "![top 10](topk.png)", ""]
+    lines += [
+        "",
+        "![precision-recall](pr.png) ![precision@k](p_at_k.png)",
+        "",
+        "![top 10](topk.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -93,7 +99,9 @@ def plot_pk(curves: dict[str, Any], path: Path, title: str) -> None:
     _save(fig, path)
 
 
-def top_k(transform: Any, qf: np.ndarray, dbf: np.ndarray, k: int, exclude: np.ndarray | None) -> np.ndarray:
+def top_k(
+    transform: Any, qf: np.ndarray, dbf: np.ndarray, k: int, exclude: np.ndarray | None
+) -> np.ndarray:
     """Indices of the top-``k`` database items for each query row (exact)."""
     q, db = transform(qf), transform(dbf)
     if transform.kind == "binary":
@@ -116,7 +124,9 @@ def _hamming(qb: np.ndarray, dbb: np.ndarray) -> np.ndarray:
     return qb.sum(1)[:, None] + dbb.sum(1)[None, :] - 2 * (qb @ dbb.T)
 
 
-def plot_topk(context: dict[str, Any], path: Path, n_queries: int = 6, k: int = 10, seed: int = 0) -> None:
+def plot_topk(
+    context: dict[str, Any], path: Path, n_queries: int = 6, k: int = 10, seed: int = 0
+) -> None:
     splits, query = context["splits"], context["query_set"]
     database = splits.database if splits.database is not None else query
     qf = np.asarray(context["query_features"])

@@ -30,7 +30,9 @@ def load_model(model: str | None, feature_dim: int = 1280):
 
     p = Path(model)
     if not p.exists():
-        raise CbirError(f"{model}: no such model; use frozen, frozen-raw, or a `cbir train` run directory")
+        raise CbirError(
+            f"{model}: no such model; use frozen, frozen-raw, or a `cbir train` run directory"
+        )
     t = LearnedTransform.from_path(p)
     what = f"{t.dim} bits" if t.kind == "binary" else f"{t.dim}-d"
     return t, f"{t.method} ({what}) from {p}"
@@ -59,7 +61,11 @@ def evaluate_features(
     from cbir.eval.metrics import nmi as nmi_score
 
     fit_on = database if database is not None else query
-    if hasattr(transform, "mean") and getattr(transform, "center", False) and transform.mean is None:
+    if (
+        hasattr(transform, "mean")
+        and getattr(transform, "center", False)
+        and transform.mean is None
+    ):
         transform.fit(np.asarray(fit_on))
     q = transform(np.asarray(query))
     all_vs_all = database is None
@@ -76,13 +82,17 @@ def evaluate_features(
     kw.update(options)
     if rerank is not None:
         if binary:
-            raise CbirError("re-ranking needs float or sparse vectors, not binary codes; drop --rerank")
+            raise CbirError(
+                "re-ranking needs float or sparse vectors, not binary codes; drop --rerank"
+            )
         from cbir.search.rerank import rerank_scorer
 
         kw["scores"] = rerank_scorer(rerank, q, db, exclude_self=all_vs_all)
     m = evaluate_retrieval(q, db, query_labels, dbl, **kw)
     if nmi and np.asarray(query_labels).ndim == 1:
-        m["nmi"] = float(nmi_score(transform.float_view(np.asarray(query)), np.asarray(query_labels)))
+        m["nmi"] = float(
+            nmi_score(transform.float_view(np.asarray(query)), np.asarray(query_labels))
+        )
     return m
 
 
@@ -111,7 +121,9 @@ def evaluate(
     if hasattr(transform, "backbone"):
         size = size or transform.backbone["preprocess"]["size"]
         if size != transform.backbone["preprocess"]["size"]:
-            raise CbirError(f"{model} was trained at --size {transform.backbone['preprocess']['size']}, not {size}")
+            raise CbirError(
+                f"{model} was trained at --size {transform.backbone['preprocess']['size']}, not {size}"
+            )
     size = size or proto.size
     query = splits.query
     if limit_queries and limit_queries < len(query):
@@ -119,7 +131,11 @@ def evaluate(
         query = query.subset(idx, f"{query.name}-q{limit_queries}")
     weights = getattr(transform, "backbone_weights", None)  # a fine-tuned backbone's file
     qf = dataset_features(query, size=size, progress=progress, weights=weights)
-    dbf = None if splits.database is None else dataset_features(splits.database, size=size, progress=progress, weights=weights)
+    dbf = (
+        None
+        if splits.database is None
+        else dataset_features(splits.database, size=size, progress=progress, weights=weights)
+    )
     if hasattr(transform, "backbone"):
         from cbir.backbones.efficientnet_lite import get_backbone
 
@@ -147,7 +163,11 @@ def evaluate(
         "n_queries": m["n_queries"],
         "n_queries_no_relevant": m.get("n_queries_no_relevant", 0),
         "n_database": m["n_database"],
-        "seconds": {"features": round(t1 - t0, 2), "metrics": round(t2 - t1, 2), "total": round(t2 - t0, 2)},
+        "seconds": {
+            "features": round(t1 - t0, 2),
+            "metrics": round(t2 - t1, 2),
+            "total": round(t2 - t0, 2),
+        },
     }
     context = {"curves": m.get("curves", {}), "splits": splits, "query_set": query, "transform": transform,
                "query_features": qf, "database_features": dbf, "protocol": proto}  # fmt: skip

@@ -92,7 +92,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if p.is_dir():
         p = p / CHECKPOINT
     if not p.exists():
-        raise CbirError(f"{path}: no trained model here (expected {CHECKPOINT}; train one with `cbir train`)")
+        raise CbirError(
+            f"{path}: no trained model here (expected {CHECKPOINT}; train one with `cbir train`)"
+        )
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -213,7 +215,9 @@ class LearnedTransform:
     def text_vectors(self, sentence_embeddings: np.ndarray) -> np.ndarray:
         """Unit vectors in the joint space of sentence-encoder embeddings ``(n, 384)``."""
         if self.text_head is None:
-            raise CbirError(f"{self.path}: a {self.method} model has no text side; train one with --method vsepp")
+            raise CbirError(
+                f"{self.path}: a {self.method} model has no text side; train one with --method vsepp"
+            )
         t = torch.from_numpy(np.array(sentence_embeddings, dtype=np.float32))
         return l2_normalize(self.text_head((t - self.text_mean) / self.text_std).numpy())
 
@@ -271,7 +275,9 @@ def _load(spec: dict[str, Any], root: Path | None) -> LearnedTransform:
     path = Path(root) / spec["file"]
     t = LearnedTransform(load_checkpoint(path), path)
     if t.digest != spec["digest"]:
-        raise CbirError(f"{path}: model file does not match the index (digest {t.digest} != {spec['digest']})")
+        raise CbirError(
+            f"{path}: model file does not match the index (digest {t.digest} != {spec['digest']})"
+        )
     return t
 
 

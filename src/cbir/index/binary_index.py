@@ -49,7 +49,9 @@ __all__ = [
     "two_stage_search",
 ]
 
-SPECS_HELP = "'BFlat' (exact scan), 'MIH' or 'MIH<m>' (exact), 'BIVF<nlist>[,nprobe=P]', 'BHNSW<M>[,ef=E]'"
+SPECS_HELP = (
+    "'BFlat' (exact scan), 'MIH' or 'MIH<m>' (exact), 'BIVF<nlist>[,nprobe=P]', 'BHNSW<M>[,ef=E]'"
+)
 DEFAULT_EF = 64
 _SPEC = re.compile(r"^(BFLAT|FLAT|MIH(\d*)|BIVF(\d+)|BHNSW(\d+))((?:,\w+=\d+)*)$")
 

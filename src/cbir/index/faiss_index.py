@@ -101,7 +101,9 @@ def read_index(path: str | Path) -> faiss.Index:
     return faiss.read_index(str(path))
 
 
-def set_search_params(index: faiss.Index, nprobe: int | None = None, ef_search: int | None = None) -> None:
+def set_search_params(
+    index: faiss.Index, nprobe: int | None = None, ef_search: int | None = None
+) -> None:
     """Set IVF ``nprobe`` (default min(nlist, 32)) and HNSW ``efSearch`` (default 64).
 
     faiss's own defaults (nprobe=1, efSearch=16) trade too much recall for speed.

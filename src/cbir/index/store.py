@@ -132,8 +132,9 @@ class IndexStore:
     # ----------------------------------------------------------------- opening
     @staticmethod
     def _connect(root: Path) -> sqlite3.Connection:
-        conn = sqlite3.connect(root / DB_NAME, timeout=60, isolation_level=None,
-                               check_same_thread=False)
+        conn = sqlite3.connect(
+            root / DB_NAME, timeout=60, isolation_level=None, check_same_thread=False
+        )
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
@@ -148,7 +149,9 @@ class IndexStore:
         # Without a pending journal the file is all there is: immutable needs no -shm file.
         immutable = not wal.exists() or wal.stat().st_size == 0
         uri = db.as_uri() + "?mode=ro" + ("&immutable=1" if immutable else "")
-        conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            uri, uri=True, timeout=60, isolation_level=None, check_same_thread=False
+        )
         conn.row_factory = sqlite3.Row
         return conn
 
@@ -208,10 +211,14 @@ class IndexStore:
         """Open an existing index; a clear error when there is none."""
         root = Path(root)
         if not cls.exists(root):
-            raise CbirError(f"{root}: no cbir index here (create one with `cbir index IMAGES --index {root}`)")
+            raise CbirError(
+                f"{root}: no cbir index here (create one with `cbir index IMAGES --index {root}`)"
+            )
         why = ""
         if not (os.access(root, os.W_OK) and os.access(root / DB_NAME, os.W_OK)):
-            why = "the index folder or its database is not writable (read-only or permission denied)"
+            why = (
+                "the index folder or its database is not writable (read-only or permission denied)"
+            )
         try:
             try:
                 conn = cls._connect_read_only(root) if why else cls._connect(root)
@@ -223,9 +230,15 @@ class IndexStore:
                 conn = cls._connect_read_only(root)
                 schema = _schema(conn)
                 full = shutil.disk_usage(root).free == 0
-                why = os.strerror(errno.ENOSPC) if full else f"it cannot be opened for writing ({e})"
+                why = (
+                    os.strerror(errno.ENOSPC) if full else f"it cannot be opened for writing ({e})"
+                )
         except (sqlite3.Error, TypeError) as e:
-            hint = " (a read-only copy with a pending journal: open it once with write access)" if why else ""
+            hint = (
+                " (a read-only copy with a pending journal: open it once with write access)"
+                if why
+                else ""
+            )
             raise CbirError(f"{root / DB_NAME}: not a readable cbir index ({e}){hint}") from None
         if schema != SCHEMA_VERSION and not (schema in MIGRATIONS and schema < SCHEMA_VERSION):
             raise CbirError(f"{root}: index schema {schema}, this cbir reads {SCHEMA_VERSION}")
@@ -310,7 +323,9 @@ class IndexStore:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise CbirError(f"{self.root}: another cbir process is writing this index; wait for it") from None
+            raise CbirError(
+                f"{self.root}: another cbir process is writing this index; wait for it"
+            ) from None
         self._lock_fd = fd
 
     def unlock(self) -> None:
@@ -363,7 +378,9 @@ class IndexStore:
                 with _LOAD_LOCK:
                     seg = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as e:
-                raise CbirError(f"{path}: feature segment unreadable ({e}); run `cbir check`") from None
+                raise CbirError(
+                    f"{path}: feature segment unreadable ({e}); run `cbir check`"
+                ) from None
             self._segment_cache[gen] = seg
         return seg
 
@@ -381,7 +398,9 @@ class IndexStore:
             out[i] = self._segment(r["seg"])[r["row"]]
         return out
 
-    def iter_features(self, where: str = "", args: Sequence[Any] = ()) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_features(
+        self, where: str = "", args: Sequence[Any] = ()
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, features) per segment, for all live rows (optionally filtered)."""
         cond = f" AND {where}" if where else ""
         for (gen,) in self.conn.execute("SELECT gen FROM segments ORDER BY gen").fetchall():
@@ -428,8 +447,18 @@ class IndexStore:
                     raise CbirError(f"{self.root}: changed by another writer during this commit")
                 for i, im in enumerate(added):
                     old = c.execute("SELECT id FROM images WHERE path=?", (im.path,)).fetchone()
-                    vals = (im.sha256, im.size, im.mtime_ns, im.width, im.height, im.tags,
-                            json.dumps(im.extra), gen, i, gen)
+                    vals = (
+                        im.sha256,
+                        im.size,
+                        im.mtime_ns,
+                        im.width,
+                        im.height,
+                        im.tags,
+                        json.dumps(im.extra),
+                        gen,
+                        i,
+                        gen,
+                    )
                     if old is None:
                         cur = c.execute(
                             "INSERT INTO images(sha256, size, mtime_ns, width, height, tags, extra,"
@@ -447,11 +476,16 @@ class IndexStore:
                         result["replaced"].append(int(old[0]))
                         id_new = int(old[0])
                     if im.meta is not None:
-                        metadata.write_meta(c, id_new, im.meta.get("sidecar", {}), im.meta.get("exif", {}))
+                        metadata.write_meta(
+                            c, id_new, im.meta.get("sidecar", {}), im.meta.get("exif", {})
+                        )
                     elif im.tags or old is not None:
                         metadata.refresh_text(c, id_new)
                 for t in touched:
-                    c.execute("UPDATE images SET size=?, mtime_ns=? WHERE id=?", (t.size, t.mtime_ns, t.id))
+                    c.execute(
+                        "UPDATE images SET size=?, mtime_ns=? WHERE id=?",
+                        (t.size, t.mtime_ns, t.id),
+                    )
                 for id_, fields in (sidecars or {}).items():
                     if c.execute("SELECT 1 FROM images WHERE id=?", (int(id_),)).fetchone():
                         metadata.write_meta(c, int(id_), sidecar=fields)
@@ -459,7 +493,10 @@ class IndexStore:
                     if c.execute("DELETE FROM images WHERE id=?", (int(id_),)).rowcount:
                         result["deleted"].append(int(id_))
                 if wrote:
-                    c.execute("INSERT INTO segments(gen, file, n) VALUES (?, ?, ?)", (gen, seg_file, len(added)))
+                    c.execute(
+                        "INSERT INTO segments(gen, file, n) VALUES (?, ?, ?)",
+                        (gen, seg_file, len(added)),
+                    )
                 self._set_meta("generation", gen)
         except BaseException:
             if wrote:
@@ -501,11 +538,16 @@ class IndexStore:
             ids = np.zeros(0, np.int64)
         try:
             with self.transaction() as c:
-                c.executemany("UPDATE images SET seg=?, row=? WHERE id=?",
-                              [(gen, i, int(id_)) for i, id_ in enumerate(ids)])
+                c.executemany(
+                    "UPDATE images SET seg=?, row=? WHERE id=?",
+                    [(gen, i, int(id_)) for i, id_ in enumerate(ids)],
+                )
                 c.execute("DELETE FROM segments")
                 if len(ids):
-                    c.execute("INSERT INTO segments(gen, file, n) VALUES (?, ?, ?)", (gen, seg_file, len(ids)))
+                    c.execute(
+                        "INSERT INTO segments(gen, file, n) VALUES (?, ?, ?)",
+                        (gen, seg_file, len(ids)),
+                    )
                 self._set_meta("generation", gen)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -526,7 +568,10 @@ class IndexStore:
         fa = self.get_meta("faiss") or {}
         keep |= {fa.get("file"), fa.get("previous")}
         for p in self.root.iterdir():
-            if p.name.startswith(("features-", "index-", ".features-", ".index-", f".{DB_NAME}.")) and p.name not in keep:
+            if (
+                p.name.startswith(("features-", "index-", ".features-", ".index-", f".{DB_NAME}."))
+                and p.name not in keep
+            ):
                 with contextlib.suppress(OSError):
                     if p.name.startswith(".") and time.time() - p.stat().st_mtime < 3600:
                         continue  # a temp file another writer may still be writing

@@ -137,10 +137,16 @@ def build(store: IndexStore, transform: Transform, index_type: str):
     return index
 
 
-def _up_to_date(store: IndexStore, transform: Transform, index_type: str) -> tuple[Any, dict | None]:
+def _up_to_date(
+    store: IndexStore, transform: Transform, index_type: str
+) -> tuple[Any, dict | None]:
     """(index, its meta) if the stored index file matches the transform, else (None, meta)."""
     fa = store.get_meta("faiss")
-    if not fa or fa.get("spec") != spec_digest(transform.spec()) or fa.get("index_type") != index_type:
+    if (
+        not fa
+        or fa.get("spec") != spec_digest(transform.spec())
+        or fa.get("index_type") != index_type
+    ):
         return None, fa
     path = store.root / fa["file"]
     if not path.exists():
@@ -173,7 +179,12 @@ def sync(store: IndexStore, index, fa: dict, transform: Transform) -> Any | None
     return index
 
 
-def refresh(store: IndexStore, transform: Transform | None = None, index_type: str | None = None, force: bool = False):
+def refresh(
+    store: IndexStore,
+    transform: Transform | None = None,
+    index_type: str | None = None,
+    force: bool = False,
+):
     """Update (or rebuild) the index file to the store's generation; returns the index.
 
     Needs the writer lock (the caller holds it).
@@ -181,7 +192,9 @@ def refresh(store: IndexStore, transform: Transform | None = None, index_type: s
     transform = transform or current_transform(store)
     index_type = index_type or store.config["index_type"]
     gen = store.generation
-    index, fa = (None, store.get_meta("faiss")) if force else _up_to_date(store, transform, index_type)
+    index, fa = (
+        (None, store.get_meta("faiss")) if force else _up_to_date(store, transform, index_type)
+    )
     if index is not None and fa is not None and int(fa["gen"]) == gen:
         return index
     if index is not None and fa is not None:

@@ -26,7 +26,9 @@ from PIL import Image
 from cbir.errors import CbirError
 
 
-def _generated_rejects(images: Any, labels: np.ndarray, n: int, size: int, rng: np.random.Generator) -> list[Image.Image]:
+def _generated_rejects(
+    images: Any, labels: np.ndarray, n: int, size: int, rng: np.random.Generator
+) -> list[Image.Image]:
     out: list[Image.Image] = []
     for i in range(n):
         if i % 2 == 0:
@@ -64,7 +66,11 @@ def choose_threshold(scores: np.ndarray, right: np.ndarray, precision: float) ->
         top = float(s[0]) + 1e-6 if len(s) else 1.0
         return {"score": top, "precision": 1.0, "recall": 0.0}
     j = int(ok[-1])
-    return {"score": float(s[j]), "precision": float(prec[j]), "recall": float(kept_right[j] / total_right)}
+    return {
+        "score": float(s[j]),
+        "precision": float(prec[j]),
+        "recall": float(kept_right[j] / total_right),
+    }
 
 
 def calibrate(
@@ -106,9 +112,13 @@ def calibrate(
         negatives = np.sort(un)
         size = backbone.preprocess.size
         feats = lambda ix, tag: np.asarray(  # noqa: E731
-            dataset_features(split.subset(ix, f"{split.name}-cal{tag}-s{seed}-{len(ix)}"),
-                             size=size, mode=backbone.preprocess.mode, progress=progress,
-                             weights=backbone.weights_file)  # fmt: skip
+            dataset_features(
+                split.subset(ix, f"{split.name}-cal{tag}-s{seed}-{len(ix)}"),
+                size=size,
+                mode=backbone.preprocess.mode,
+                progress=progress,
+                weights=backbone.weights_file,
+            )  # fmt: skip
         )
         g, q, n = feats(gallery, "g"), feats(queries, "q"), feats(negatives, "n")
         gen = _generated_rejects(split, labels, max(10, len(negatives) // 4), size, rng)
@@ -142,7 +152,9 @@ def calibrate(
             "negatives": len(negatives),
             "generated_rejects": len(gen),
             "top1_accuracy_known": float(right[: len(q)].mean()) if len(q) else 0.0,
-            "negatives_rejected": float((top[len(q):] < chosen["score"]).mean()) if len(top) > len(q) else 0.0,
+            "negatives_rejected": float((top[len(q) :] < chosen["score"]).mean())
+            if len(top) > len(q)
+            else 0.0,
         }
         if write:
             store.lock()
@@ -166,5 +178,7 @@ def cmd_calibrate(args: Any) -> int:
         print(f"threshold {res['score']:.4f}: precision {res['precision']:.3f} (target {args.precision}),"
               f" keeps {res['recall']:.1%} of right answers, rejects {res['negatives_rejected']:.1%}"
               f" of {res['negatives'] + res['generated_rejects']} negatives")  # fmt: skip
-        print(f"stored in {args.index_dir}; `cbir serve` answers 'no match' below it", file=sys.stderr)
+        print(
+            f"stored in {args.index_dir}; `cbir serve` answers 'no match' below it", file=sys.stderr
+        )
     return 0

@@ -67,5 +67,9 @@ def render(results: Sequence[tuple[str, Sequence[Hit]]], title: str = "cbir resu
     return "\n".join(parts)
 
 
-def write_html(path: str | os.PathLike[str], results: Sequence[tuple[str, Sequence[Hit]]], title: str = "cbir results") -> None:
+def write_html(
+    path: str | os.PathLike[str],
+    results: Sequence[tuple[str, Sequence[Hit]]],
+    title: str = "cbir results",
+) -> None:
     atomic_write_bytes(path, render(results, title).encode())

@@ -111,7 +111,9 @@ class Searcher:
             return where
         return parse_where(str(where), known_fields(self.store.conn))
 
-    def search_features(self, features: np.ndarray, k: int = 10, where: Any = None) -> list[list[Hit]]:
+    def search_features(
+        self, features: np.ndarray, k: int = 10, where: Any = None
+    ) -> list[list[Hit]]:
         """Top-``k`` hits for each row of backbone ``features``.
 
         ``where``: a filter (see :mod:`cbir.search.where`): only images that pass it, still
@@ -133,7 +135,9 @@ class Searcher:
                 return out
         return out
 
-    def _search_once(self, features: np.ndarray, k: int, where: Any = None) -> tuple[list[list[Hit]], int]:
+    def _search_once(
+        self, features: np.ndarray, k: int, where: Any = None
+    ) -> tuple[list[list[Hit]], int]:
         """(hits, generation of the index searched); the rows may be of a later generation."""
         self.refresh()
         with self._lock:
@@ -147,7 +151,9 @@ class Searcher:
             q = transform(np.asarray(features, np.float32))
         kk = min(k, n)
         if self.rerank is not None and (where is not None or transform.kind == "binary"):
-            raise CbirError("re-ranking works on float and sparse indexes, without a --where filter")
+            raise CbirError(
+                "re-ranking works on float and sparse indexes, without a --where filter"
+            )
         if where is not None:
             from cbir.search.filtered import search_allowed
             from cbir.search.where import matching_ids
@@ -195,7 +201,9 @@ class Searcher:
         index's dimension, e.g. a caption through a joint model's text head)."""
         v = np.ascontiguousarray(vectors, np.float32)
         if v.ndim != 2 or v.shape[1] != self.transform.dim or self.transform.kind != "float":
-            raise CbirError(f"{self.store.root}: expected float query vectors of dimension {self.transform.dim}")
+            raise CbirError(
+                f"{self.store.root}: expected float query vectors of dimension {self.transform.dim}"
+            )
         return self.search_features(v.view(IndexVectors), k)
 
     def search_id(self, id_: int, k: int = 10, where: Any = None) -> list[Hit]:
@@ -204,13 +212,25 @@ class Searcher:
             raise CbirError(f"id:{id_} is not in {self.store.root}")
         feats = self.store.features([id_])
         # where only when given: stores searched elsewhere (Milvus, shards) take (features, k)
-        return (self.search_features(feats, k) if where is None else self.search_features(feats, k, where))[0]
+        return (
+            self.search_features(feats, k)
+            if where is None
+            else self.search_features(feats, k, where)
+        )[0]
 
-    def search_file(self, path: str | os.PathLike[str], k: int = 10, where: Any = None) -> list[Hit]:
+    def search_file(
+        self, path: str | os.PathLike[str], k: int = 10, where: Any = None
+    ) -> list[Hit]:
         feats = self.embed_file(path)
-        return (self.search_features(feats, k) if where is None else self.search_features(feats, k, where))[0]
+        return (
+            self.search_features(feats, k)
+            if where is None
+            else self.search_features(feats, k, where)
+        )[0]
 
-    def search_text(self, text: str, k: int = 10, where: Any = None, mode: str = "auto") -> list[Hit]:
+    def search_text(
+        self, text: str, k: int = 10, where: Any = None, mode: str = "auto"
+    ) -> list[Hit]:
         """Images for a text query: ``mode`` "metadata" (FTS5 bm25 over sidecar / EXIF
         fields and tags), "classes" (ImageNet class keywords through MiniLM), "joint" (the
         index's VSE++ image-text model) or "auto"; see :mod:`cbir.search.text`."""
@@ -218,7 +238,9 @@ class Searcher:
 
         return search_text(self, text, k, self.where(where), mode)
 
-    def search_query(self, query: str, k: int = 10, where: Any = None) -> list[tuple[str, list[Hit] | ImageError]]:
+    def search_query(
+        self, query: str, k: int = 10, where: Any = None
+    ) -> list[tuple[str, list[Hit] | ImageError]]:
         """Resolve a CLI QUERY (image file, folder of images, or ``id:N``) and search each."""
         if query.startswith("id:"):
             try:
@@ -228,7 +250,9 @@ class Searcher:
             return [(query, self.search_id(id_, k, where))]
         p = Path(query)
         if not p.exists():
-            raise CbirError(f"{query}: no such file or folder (QUERY is an image, a folder, or id:N)")
+            raise CbirError(
+                f"{query}: no such file or folder (QUERY is an image, a folder, or id:N)"
+            )
         files = find_images(p) if p.is_dir() else [p]
         if not files:
             raise CbirError(f"{query}: no images in this folder")

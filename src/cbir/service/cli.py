@@ -191,8 +191,14 @@ def register(add: AddCommand) -> None:
         "Set the index's 'no match' threshold from labelled data (held-out classes and generated rejects as negatives).",
     )
     sp.add_argument("index_dir", help="index directory (its model scores the calibration images)")
-    sp.add_argument("--dataset", required=True, help="labelled dataset: registered name or ImageFolder path")
-    sp.add_argument("--precision", type=float, default=0.9, help="precision of the answers kept (default 0.9)")
+    sp.add_argument(
+        "--dataset", required=True, help="labelled dataset: registered name or ImageFolder path"
+    )
+    sp.add_argument(
+        "--precision", type=float, default=0.9, help="precision of the answers kept (default 0.9)"
+    )
     sp.add_argument("--seed", type=int, default=0, help="seed of the class and image split")
-    sp.add_argument("--limit", type=int, default=4000, help="images of the dataset used (default 4000)")
+    sp.add_argument(
+        "--limit", type=int, default=4000, help="images of the dataset used (default 4000)"
+    )
     sp.add_argument("--json", action="store_true")

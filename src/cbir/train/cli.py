@@ -53,8 +53,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         feedback_weight=args.feedback_weight,
     )  # fmt: skip
     if args.captions and args.method not in JOINT:
-        raise CbirError(f"--captions trains a joint image-text space: use --method {' or '.join(JOINT)}")
-    base.update(captions=args.captions, text_hidden=_ints(args.text_hidden) if args.text_hidden else [])
+        raise CbirError(
+            f"--captions trains a joint image-text space: use --method {' or '.join(JOINT)}"
+        )
+    base.update(
+        captions=args.captions, text_hidden=_ints(args.text_hidden) if args.text_hidden else []
+    )
     base.update(finetune=args.finetune, backbone_lr=args.backbone_lr, freeze_blocks=args.freeze_blocks,
                 augment=args.augment, holdout=args.holdout)  # fmt: skip
     progress = False if args.json else None
@@ -67,7 +71,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         configs = configs[:1]
         sparse_options(args.method, configs[0].loss_options, configs[0].dim)
-    data = None if args.method in JOINT else load_data(configs[0], progress=progress)  # joint: own pairs
+    data = (
+        None if args.method in JOINT else load_data(configs[0], progress=progress)
+    )  # joint: own pairs
     results = []
     for cfg in configs:
         run = out / f"bits-{cfg.bits}" if len(configs) > 1 else out
@@ -75,7 +81,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         results.append(res)
         if not args.json:
             m = res.get("metrics", {})
-            figs = "  ".join(f"{k} {m[k]:.4f}" for k in ("map", "p@h2", "map@r", "recall@1", "nmi", *JOINT_FIGURES) if k in m)
+            figs = "  ".join(
+                f"{k} {m[k]:.4f}"
+                for k in ("map", "p@h2", "map@r", "recall@1", "nmi", *JOINT_FIGURES)
+                if k in m
+            )
             print(f"{cfg.method} {cfg.bits if cfg.kind() == 'binary' else cfg.dim}: {figs}"
                   f"  (train {res['train_seconds']} s) -> {run}")  # fmt: skip
             if "feedback" in res:
@@ -101,53 +111,153 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def register(add: Callable[..., Any]) -> None:
-    sp = add("train", cmd_train, "Train a learned head (hashing, metric learning, unsupervised codes) on cached backbone features.")
+    sp = add(
+        "train",
+        cmd_train,
+        "Train a learned head (hashing, metric learning, unsupervised codes) on cached backbone features.",
+    )
     sp.add_argument("--dataset", required=True, help="registered dataset name or ImageFolder path")
-    sp.add_argument("--protocol", default=None, help="protocol (default: the dataset's; see `cbir protocols`)")
-    sp.add_argument("--method", required=True, help="dsh, dpsh, hashnet, dch, csq, triplet-tanh, dlbhc, lsh, itq, autoencoder, a metric loss, or vsepp / vse0 (image-text, with --captions)")
-    sp.add_argument("--captions", default=None, metavar="FILE",
-                    help="vsepp / vse0: (image, caption) pairs: COCO captions JSON, Flickr30k results.csv, Karpathy JSON, or CSV/JSON of path|class,caption")
-    sp.add_argument("--text-hidden", default="", help="vsepp / vse0: hidden layer widths of the text head (default: linear)")
-    sp.add_argument("--bits", default="64", help="code length(s), e.g. 64 or 16,32,48,64 (one run each)")
+    sp.add_argument(
+        "--protocol", default=None, help="protocol (default: the dataset's; see `cbir protocols`)"
+    )
+    sp.add_argument(
+        "--method",
+        required=True,
+        help="dsh, dpsh, hashnet, dch, csq, triplet-tanh, dlbhc, lsh, itq, autoencoder, a metric loss, or vsepp / vse0 (image-text, with --captions)",
+    )
+    sp.add_argument(
+        "--captions",
+        default=None,
+        metavar="FILE",
+        help="vsepp / vse0: (image, caption) pairs: COCO captions JSON, Flickr30k results.csv, Karpathy JSON, or CSV/JSON of path|class,caption",
+    )
+    sp.add_argument(
+        "--text-hidden",
+        default="",
+        help="vsepp / vse0: hidden layer widths of the text head (default: linear)",
+    )
+    sp.add_argument(
+        "--bits", default="64", help="code length(s), e.g. 64 or 16,32,48,64 (one run each)"
+    )
     sp.add_argument("--dim", type=int, default=128, help="embedding size (metric learning)")
-    sp.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (config, metrics, checkpoint, plots)")
+    sp.add_argument(
+        "--out",
+        required=True,
+        metavar="RUN_DIR",
+        help="run directory (config, metrics, checkpoint, plots)",
+    )
     sp.add_argument("--epochs", type=int, default=30)
     sp.add_argument("--batch-size", type=int, default=256)
     sp.add_argument("--lr", type=float, default=1e-3)
     sp.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd", "rmsprop"])
-    sp.add_argument("--schedule", default="cosine", choices=["constant", "cosine", "warmup-invsqrt"])
+    sp.add_argument(
+        "--schedule", default="cosine", choices=["constant", "cosine", "warmup-invsqrt"]
+    )
     sp.add_argument("--warmup", type=int, default=200, help="warm-up steps")
     sp.add_argument("--weight-decay", type=float, default=1e-5)
-    sp.add_argument("--hidden", default="1024", help="hidden layer widths of the head, e.g. 1024 or '' for linear")
+    sp.add_argument(
+        "--hidden",
+        default="1024",
+        help="hidden layer widths of the head, e.g. 1024 or '' for linear",
+    )
     sp.add_argument("--dropout", type=float, default=0.1)
-    sp.add_argument("--size", type=int, default=None, help="backbone input size (default: the protocol's)")
-    sp.add_argument("--train-limit", type=int, default=None, help="train on a random subset of this many images")
-    sp.add_argument("--query-limit", type=int, default=None, help="evaluate on a random subset of the queries")
-    sp.add_argument("--database-limit", type=int, default=None, help="evaluate against a random subset of the database")
-    sp.add_argument("--eval-every", type=int, default=5, help="epochs between evaluations on 1,000 queries (0: only at the end)")
-    sp.add_argument("--loss-option", action="append", default=[], metavar="KEY=VALUE", help="loss hyperparameter, e.g. alpha=0.1")
-    sp.add_argument("--sampler", default=None, help="batch sampler (metric learning; see cbir.samplers)")
+    sp.add_argument(
+        "--size", type=int, default=None, help="backbone input size (default: the protocol's)"
+    )
+    sp.add_argument(
+        "--train-limit", type=int, default=None, help="train on a random subset of this many images"
+    )
+    sp.add_argument(
+        "--query-limit", type=int, default=None, help="evaluate on a random subset of the queries"
+    )
+    sp.add_argument(
+        "--database-limit",
+        type=int,
+        default=None,
+        help="evaluate against a random subset of the database",
+    )
+    sp.add_argument(
+        "--eval-every",
+        type=int,
+        default=5,
+        help="epochs between evaluations on 1,000 queries (0: only at the end)",
+    )
+    sp.add_argument(
+        "--loss-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="loss hyperparameter, e.g. alpha=0.1",
+    )
+    sp.add_argument(
+        "--sampler", default=None, help="batch sampler (metric learning; see cbir.samplers)"
+    )
     sp.add_argument("--miner", default=None, help="pair/triplet miner (metric learning)")
-    sp.add_argument("--memory-bank", action="store_true", help="pairwise hashing losses pair each batch with the whole training set")
-    sp.add_argument("--finetune", action="store_true",
-                    help="train the backbone end to end with the head (PyTorch; use a low --size such as 64 on a CPU); the run stores backbone.pt")
-    sp.add_argument("--backbone-lr", type=float, default=1e-4, help="--finetune: the backbone's learning rate")
-    sp.add_argument("--freeze-blocks", type=int, default=0, metavar="N",
-                    help="--finetune: keep the stem and the first N of the 16 MBConv blocks frozen (their outputs are computed once)")
-    sp.add_argument("--augment", default="flip-shift", choices=["none", "flip", "flip-shift"],
-                    help="--finetune: light augmentation (random mirror; and shift by up to 1/8 of the side)")
-    sp.add_argument("--holdout", type=int, default=0, metavar="N",
-                    help="validation: N random training images query the rest of the training set (choose settings on this, not on the test queries)")
-    sp.add_argument("--tsne-points", type=int, default=2000, help="query images in the run's tsne.png (0: none)")
-    sp.add_argument("--feedback", default=None, metavar="INDEX_DIR",
-                    help="add the right/wrong judgements stored in this index as extra pairs (pair/triplet losses)")
-    sp.add_argument("--feedback-weight", type=float, default=1.0, help="weight of the feedback loss in each batch")
+    sp.add_argument(
+        "--memory-bank",
+        action="store_true",
+        help="pairwise hashing losses pair each batch with the whole training set",
+    )
+    sp.add_argument(
+        "--finetune",
+        action="store_true",
+        help="train the backbone end to end with the head (PyTorch; use a low --size such as 64 on a CPU); the run stores backbone.pt",
+    )
+    sp.add_argument(
+        "--backbone-lr", type=float, default=1e-4, help="--finetune: the backbone's learning rate"
+    )
+    sp.add_argument(
+        "--freeze-blocks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="--finetune: keep the stem and the first N of the 16 MBConv blocks frozen (their outputs are computed once)",
+    )
+    sp.add_argument(
+        "--augment",
+        default="flip-shift",
+        choices=["none", "flip", "flip-shift"],
+        help="--finetune: light augmentation (random mirror; and shift by up to 1/8 of the side)",
+    )
+    sp.add_argument(
+        "--holdout",
+        type=int,
+        default=0,
+        metavar="N",
+        help="validation: N random training images query the rest of the training set (choose settings on this, not on the test queries)",
+    )
+    sp.add_argument(
+        "--tsne-points", type=int, default=2000, help="query images in the run's tsne.png (0: none)"
+    )
+    sp.add_argument(
+        "--feedback",
+        default=None,
+        metavar="INDEX_DIR",
+        help="add the right/wrong judgements stored in this index as extra pairs (pair/triplet losses)",
+    )
+    sp.add_argument(
+        "--feedback-weight",
+        type=float,
+        default=1.0,
+        help="weight of the feedback loss in each batch",
+    )
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--json", action="store_true", help="print the final metrics as JSON")
 
-    sp = add("plot", cmd_plot, "Redraw a run's loss curve and t-SNE map of the query embedding (loss.png, tsne.png).")
+    sp = add(
+        "plot",
+        cmd_plot,
+        "Redraw a run's loss curve and t-SNE map of the query embedding (loss.png, tsne.png).",
+    )
     sp.add_argument("run_dir", metavar="RUN_DIR", help="a `cbir train` run directory")
-    sp.add_argument("--points", type=int, default=None, help="a new subset of this many query images (default: the run's)")
-    sp.add_argument("--perplexity", type=float, default=None, help="t-SNE perplexity (default: the run's, 30)")
+    sp.add_argument(
+        "--points",
+        type=int,
+        default=None,
+        help="a new subset of this many query images (default: the run's)",
+    )
+    sp.add_argument(
+        "--perplexity", type=float, default=None, help="t-SNE perplexity (default: the run's, 30)"
+    )
     sp.add_argument("--no-tsne", action="store_true", help="redraw the loss curve only")
     sp.add_argument("--json", action="store_true", help="print the files written as JSON")

@@ -116,7 +116,9 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
     if name == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True
+        )
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise CbirError(f"unknown optimizer {cfg.optimizer!r}; use adam, adamw, sgd or rmsprop")
@@ -175,13 +177,17 @@ def run_splits(cfg: TrainConfig) -> tuple[Any, Any, Any, Any, Any]:
     def limit(images, n: int | None, tag: str):
         if not n or n >= len(images):
             return images
-        idx = np.sort(np.random.default_rng([cfg.seed, len(tag)]).choice(len(images), n, replace=False))
+        idx = np.sort(
+            np.random.default_rng([cfg.seed, len(tag)]).choice(len(images), n, replace=False)
+        )
         return images.subset(idx, f"{images.name}-{tag}{n}-s{cfg.seed}")
 
     train, query, database = splits.train, splits.query, splits.database
     if cfg.holdout:  # a validation protocol for choices: never the test queries
         if not 0 < cfg.holdout < len(train):
-            raise CbirError(f"--holdout must be between 1 and {len(train) - 1} (training images), got {cfg.holdout}")
+            raise CbirError(
+                f"--holdout must be between 1 and {len(train) - 1} (training images), got {cfg.holdout}"
+            )
         perm = np.random.default_rng([cfg.seed, 99]).permutation(len(train))
         tag = f"{train.name}-holdout{cfg.holdout}-s{cfg.seed}"
         query = train.subset(np.sort(perm[: cfg.holdout]), f"{tag}-val")
@@ -215,7 +221,9 @@ def load_data(cfg: TrainConfig, progress: bool | None = None) -> TrainData:
 
 
 # ------------------------------------------------------------------ evaluation
-def evaluate_transform(transform: Any, data: TrainData, limit: int | None = None, progress: bool | None = False) -> dict[str, Any]:
+def evaluate_transform(
+    transform: Any, data: TrainData, limit: int | None = None, progress: bool | None = False
+) -> dict[str, Any]:
     """Metrics of ``transform`` on the protocol (``limit``: first queries only, for speed)."""
     from cbir.eval.run import evaluate_features
 
@@ -229,14 +237,19 @@ def evaluate_transform(transform: Any, data: TrainData, limit: int | None = None
     )  # fmt: skip
 
 
-def _checkpoint(cfg: TrainConfig, head: Head, mean: np.ndarray, std: np.ndarray, fingerprint: dict, extra: dict) -> dict:
+def _checkpoint(
+    cfg: TrainConfig, head: Head, mean: np.ndarray, std: np.ndarray, fingerprint: dict, extra: dict
+) -> dict:
     return {
         "format": FORMAT,
         "method": cfg.method,
         "kind": cfg.kind(),
         "head": head.config,
         "state": {k: v.detach().clone() for k, v in head.state_dict().items()},
-        "input": {"mean": torch.from_numpy(np.asarray(mean, np.float32)), "std": torch.from_numpy(np.asarray(std, np.float32))},
+        "input": {
+            "mean": torch.from_numpy(np.asarray(mean, np.float32)),
+            "std": torch.from_numpy(np.asarray(std, np.float32)),
+        },
         "backbone": fingerprint,
         "config": json.loads(json.dumps(asdict(cfg))),
         **extra,
@@ -244,7 +257,9 @@ def _checkpoint(cfg: TrainConfig, head: Head, mean: np.ndarray, std: np.ndarray,
 
 
 # ------------------------------------------------------------------ training
-def _unsupervised(cfg: TrainConfig, x: np.ndarray) -> tuple[Head, np.ndarray, np.ndarray, list[float]]:
+def _unsupervised(
+    cfg: TrainConfig, x: np.ndarray
+) -> tuple[Head, np.ndarray, np.ndarray, list[float]]:
     """Fit LSH / ITQ / the binary autoencoder and express it as a :class:`Head`."""
     from cbir.unsupervised import ITQ, LSH, BinaryAutoencoder
 
@@ -261,7 +276,9 @@ def _unsupervised(cfg: TrainConfig, x: np.ndarray) -> tuple[Head, np.ndarray, np
         itq = ITQ(cfg.bits, seed=cfg.seed).fit(x)
         assert itq.components is not None and itq.rotation is not None and itq.mean is not None
         head = Head(dim, cfg.bits)
-        head.net[0].weight.data.copy_(torch.from_numpy((itq.components @ itq.rotation).T.astype(np.float32)))
+        head.net[0].weight.data.copy_(
+            torch.from_numpy((itq.components @ itq.rotation).T.astype(np.float32))
+        )
         head.net[0].bias.data.zero_()
         return head, itq.mean, np.ones(dim), itq.errors_
     hidden = cfg.hidden[0] if cfg.hidden else 256
@@ -299,7 +316,9 @@ def train(
     if cfg.method not in all_methods():
         raise CbirError(f"unknown method {cfg.method!r}; known: {', '.join(all_methods())}")
     if cfg.feedback and getattr(cfg, "finetune", False):
-        raise CbirError("--feedback trains the head on frozen backbone features; drop --finetune to use it")
+        raise CbirError(
+            "--feedback trains the head on frozen backbone features; drop --finetune to use it"
+        )
     if cfg.method in JOINT:
         from cbir.train.joint import train_joint
 
@@ -317,7 +336,9 @@ def train(
     extra: dict[str, Any] = {}
     ft = None
     if cfg.finetune and (cfg.method in UNSUPERVISED or cfg.kind() not in ("binary", "float")):
-        raise CbirError(f"--finetune trains the supervised methods' backbone; {cfg.method} has no loss to fine-tune with")
+        raise CbirError(
+            f"--finetune trains the supervised methods' backbone; {cfg.method} has no loss to fine-tune with"
+        )
     if cfg.method in UNSUPERVISED:
         head, mean, std, history = _unsupervised(cfg, x_np)
         for i, v in enumerate(history or [0.0]):
@@ -350,7 +371,9 @@ def train(
         "protocol": data.protocol.name,
         "model": str(run),
         "method": cfg.method,
-        "bits" if cfg.kind() == "binary" else "dim": cfg.bits if cfg.kind() == "binary" else cfg.dim,
+        "bits" if cfg.kind() == "binary" else "dim": cfg.bits
+        if cfg.kind() == "binary"
+        else cfg.dim,
         "train_seconds": round(seconds, 2),
         "n_train": len(x_np),
     }
@@ -382,13 +405,17 @@ def _train_head(
     out_dim = cfg.bits if cfg.kind() == "binary" else cfg.dim
     head = Head(x.shape[1], out_dim, cfg.hidden, cfg.dropout, cfg.batchnorm)
     loss_fn = _loss_for(cfg, data.n_classes, n)
-    params: list[Any] = list(head.parameters()) + [p for p in loss_fn.parameters() if p.requires_grad]
+    params: list[Any] = list(head.parameters()) + [
+        p for p in loss_fn.parameters() if p.requires_grad
+    ]
     if finetune is not None:  # the backbone's own parameter group and learning rate
         params = [{"params": params}, *finetune.param_groups()]
     opt = make_optimizer(params, cfg)
     steps_per_epoch = max(1, n // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.schedule, s, total, cfg.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(cfg.schedule, s, total, cfg.warmup)
+    )
     sampler = None
     if cfg.sampler:
         from cbir.samplers import make_sampler
@@ -407,7 +434,11 @@ def _train_head(
         xf = torch.from_numpy(((fb.features - mean) / std).astype(np.float32))
         feedback = FeedbackTerm(cfg.method, loss_fn, fb, xf, seed=cfg.seed)
         if extra is not None:
-            extra["feedback"] = {"index": str(cfg.feedback), **fb.summary(), "tuples": len(feedback)}
+            extra["feedback"] = {
+                "index": str(cfg.feedback),
+                **fb.summary(),
+                "tuples": len(feedback),
+            }
     gen = np.random.default_rng(cfg.seed)
     step = 0
     for epoch in range(1, cfg.epochs + 1):
@@ -416,7 +447,11 @@ def _train_head(
             finetune.train()
         t = time.perf_counter()
         total_loss, count = 0.0, 0
-        batches = sampler.epoch(epoch) if sampler is not None else _batches(gen.permutation(n), cfg.batch_size)
+        batches = (
+            sampler.epoch(epoch)
+            if sampler is not None
+            else _batches(gen.permutation(n), cfg.batch_size)
+        )
         bar = _bar(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}", show)
         for idx in batches:
             it = torch.from_numpy(np.asarray(idx, np.int64))

@@ -50,7 +50,9 @@ class BinaryAutoencoder:
 
     def _standardise(self, X: np.ndarray) -> Tensor:
         assert self.mean is not None and self.std is not None
-        return torch.from_numpy(((np.asarray(X, dtype=np.float64) - self.mean) / self.std).astype(np.float32))
+        return torch.from_numpy(
+            ((np.asarray(X, dtype=np.float64) - self.mean) / self.std).astype(np.float32)
+        )
 
     def fit(self, X: np.ndarray, epochs: int = 50, seed: int = 0) -> BinaryAutoencoder:
         """Train from scratch; deterministic for ``seed`` (global torch RNG untouched)."""
@@ -61,8 +63,12 @@ class BinaryAutoencoder:
         dim = x.shape[1]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.encoder = nn.Sequential(nn.Linear(dim, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.bits))
-            self.decoder = nn.Sequential(nn.Linear(self.bits, self.hidden), nn.ReLU(), nn.Linear(self.hidden, dim))
+            self.encoder = nn.Sequential(
+                nn.Linear(dim, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.bits)
+            )
+            self.decoder = nn.Sequential(
+                nn.Linear(self.bits, self.hidden), nn.ReLU(), nn.Linear(self.hidden, dim)
+            )
         params = list(self.encoder.parameters()) + list(self.decoder.parameters())
         opt = torch.optim.Adam(params, lr=self.lr)
         gen = torch.Generator().manual_seed(seed)
@@ -96,4 +102,6 @@ class BinaryAutoencoder:
         if self.encoder is None or self.decoder is None:
             raise RuntimeError("BinaryAutoencoder used before fit")
         x = self._standardise(X)
-        return float(F.mse_loss(self.decoder(straight_through_sign(torch.tanh(self.encoder(x)))), x))
+        return float(
+            F.mse_loss(self.decoder(straight_through_sign(torch.tanh(self.encoder(x)))), x)
+        )

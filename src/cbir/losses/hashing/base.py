@@ -72,7 +72,9 @@ class HashingLoss(nn.Module):
         if labels.shape[0] != u.shape[0] or labels.dim() not in (1, 2):
             raise ValueError(f"labels {tuple(labels.shape)} do not match u {tuple(u.shape)}")
         if labels.dim() == 2 and self.n_classes is not None and labels.shape[1] != self.n_classes:
-            raise ValueError(f"multi-hot labels have {labels.shape[1]} columns, not {self.n_classes}")
+            raise ValueError(
+                f"multi-hot labels have {labels.shape[1]} columns, not {self.n_classes}"
+            )
         if index is not None and index.shape != (u.shape[0],):
             raise ValueError(f"index must be (batch,), got {tuple(index.shape)}")
         return self.compute_loss(u, labels, index)
@@ -86,11 +88,15 @@ class HashingLoss(nn.Module):
         ``valid`` the bool mask of the pairs to count; no labels, no memory bank."""
         self._given = (s.to(u.dtype), valid)
         try:
-            return self.compute_loss(u, torch.zeros(len(u), dtype=torch.long, device=u.device), None)
+            return self.compute_loss(
+                u, torch.zeros(len(u), dtype=torch.long, device=u.device), None
+            )
         finally:
             self._given = None
 
-    def pairs(self, u: Tensor, labels: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def pairs(
+        self, u: Tensor, labels: Tensor, index: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """The other side of the pairs of the batch.
 
         Returns ``(v, s, valid)``: ``v`` is ``u`` itself (in-batch) or the memory bank

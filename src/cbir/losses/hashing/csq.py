@@ -73,7 +73,9 @@ class CSQ(HashingLoss):
     centers: Tensor
     tie_center: Tensor
 
-    def __init__(self, bits: int, n_classes: int | None = None, *, lambda_: float = 1e-4, seed: int = 0):
+    def __init__(
+        self, bits: int, n_classes: int | None = None, *, lambda_: float = 1e-4, seed: int = 0
+    ):
         if n_classes is None:
             raise ValueError("CSQ needs n_classes (one hash center per class)")
         super().__init__(bits, n_classes)
@@ -82,7 +84,9 @@ class CSQ(HashingLoss):
         centers = torch.from_numpy(hash_centers(n_classes, bits, seed).astype(np.float32))
         tie = np.random.default_rng([seed, 1]).random(bits) < 0.5
         self.register_buffer("centers", centers)
-        self.register_buffer("tie_center", torch.from_numpy(np.where(tie, 1.0, -1.0).astype(np.float32)))
+        self.register_buffer(
+            "tie_center", torch.from_numpy(np.where(tie, 1.0, -1.0).astype(np.float32))
+        )
 
     def target_centers(self, labels: Tensor) -> Tensor:
         """``(batch, bits)`` +-1 centers of the labels (int ids or multi-hot)."""
