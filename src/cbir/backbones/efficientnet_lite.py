@@ -12,7 +12,6 @@ ImageNet backbone's) and its own ONNX export in the cache, keyed by that digest.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cbir.backbones.preprocess import Preprocess
-from cbir.utils import atomic_write_bytes, cache_dir
+from cbir.utils import atomic_write_bytes, cache_dir, sha256_file
 
 NAME = "efficientnet-lite0"
 DIM = 1280
@@ -40,20 +39,12 @@ def weights_path() -> Path:
 @lru_cache(maxsize=1)
 def weights_digest() -> str:
     """First 12 hex digits of the weights file's sha256 (part of every fingerprint)."""
-    h = hashlib.sha256()
-    with open(weights_path(), "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
+    return file_digest(weights_path())
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
     """First 12 hex digits of a weights file's sha256."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
+    return sha256_file(path)[:12]
 
 
 def load_torch_model(weights: str | os.PathLike[str] | None = None):
@@ -141,6 +132,19 @@ def onnx_path(
     return path
 
 
+def cpu_session(path: str | os.PathLike[str], threads: int | None = None):
+    """An onnxruntime CPU session: ``threads`` intra-op threads (default: every core)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    opts.inter_op_num_threads = 1
+    # Idle intra-op threads must not spin: image decoding shares the cores.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 class EfficientNetLite0:
     """Frozen EfficientNet-Lite0 feature extractor on onnxruntime.
 
@@ -159,20 +163,10 @@ class EfficientNetLite0:
         self, size: int = 224, mode: str = "crop", threads: int | None = None,
         weights: str | os.PathLike[str] | None = None,
     ) -> None:  # fmt: skip
-        import onnxruntime as ort
-
         self.preprocess = Preprocess(size=size, mode=mode)
         self.weights_file = None if weights is None else Path(weights)
         self.weights = weights_digest() if weights is None else file_digest(weights)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1
-        opts.inter_op_num_threads = 1
-        # Idle intra-op threads must not spin: image decoding shares the cores.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            str(onnx_path(size, weights, self.weights)), opts, providers=["CPUExecutionProvider"]
-        )
+        self.session = cpu_session(onnx_path(size, weights, self.weights), threads)
 
     @property
     def fingerprint(self) -> dict:

@@ -14,7 +14,6 @@ PyTorch model (same embeddings, for training or comparison).
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import os
 import threading
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cbir.errors import CbirError
-from cbir.utils import atomic_write_bytes, cache_dir
+from cbir.utils import atomic_write_bytes, cache_dir, sha256_file
 
 NAME = "all-MiniLM-L6-v2"
 DIM = 384
@@ -63,11 +62,7 @@ def model_digest() -> str:
                 return raw.hex()[:12]
     except metadata.PackageNotFoundError:
         pass
-    h = hashlib.sha256()
-    with open(model_dir() / "model.safetensors", "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
+    return sha256_file(model_dir() / "model.safetensors")[:12]
 
 
 def sentence_transformer(device: str = "cpu"):
@@ -147,21 +142,15 @@ class SentenceEncoder:
     dim = DIM
 
     def __init__(self, threads: int | None = None) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
+
+        from cbir.backbones.efficientnet_lite import cpu_session
 
         tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
         tok.enable_truncation(MAX_TOKENS)
         tok.enable_padding(pad_id=tok.token_to_id("[PAD]") or 0, pad_token="[PAD]")
         self.tokenizer = tok
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            str(onnx_path()), opts, providers=["CPUExecutionProvider"]
-        )
+        self.session = cpu_session(onnx_path(), threads)
 
     @property
     def fingerprint(self) -> dict[str, str | int]:

@@ -16,7 +16,6 @@ evaluating with the run embeds with that backbone (its own cached ONNX export).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import shutil
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 
 from cbir.errors import CbirError
 from cbir.heads.transform import l2_normalize, register_transform
-from cbir.utils import atomic_write_bytes
+from cbir.utils import atomic_write_bytes, sha256_file
 
 FORMAT = "cbir-model-1"
 CHECKPOINT = "model.pt"
@@ -105,11 +104,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    return sha256_file(path)[:16]
 
 
 class LearnedTransform:

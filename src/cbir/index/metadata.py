@@ -159,14 +159,19 @@ def read_csv_sidecar(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def read_json_sidecar(path: Path) -> dict[str, dict[str, Any]]:
-    """``{absolute image path: fields}`` from a ``metadata.json`` (object or list)."""
+def _read_json(path: Path) -> Any:
+    """A JSON metadata file's content; invalid JSON is a clear error naming the file."""
     try:
-        data = json.loads(_read_text(path))
+        return json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise CbirError(
             f"{path}: not valid JSON ({e.msg} at line {e.lineno}); fix or remove it"
         ) from None
+
+
+def read_json_sidecar(path: Path) -> dict[str, dict[str, Any]]:
+    """``{absolute image path: fields}`` from a ``metadata.json`` (object or list)."""
+    data = _read_json(path)
     items: Iterable[tuple[str, Any]]
     if isinstance(data, dict):
         items = data.items()
@@ -191,12 +196,7 @@ def read_json_sidecar(path: Path) -> dict[str, dict[str, Any]]:
 
 def read_image_json(path: Path) -> dict[str, Any]:
     """Fields from a per-image ``IMG.jpg.json`` / ``IMG.json``."""
-    try:
-        data = json.loads(_read_text(path))
-    except json.JSONDecodeError as e:
-        raise CbirError(
-            f"{path}: not valid JSON ({e.msg} at line {e.lineno}); fix or remove it"
-        ) from None
+    data = _read_json(path)
     if not isinstance(data, dict):
         raise CbirError(f"{path}: expected one JSON object of fields for its image")
     return clean_fields(data)

@@ -20,7 +20,6 @@ What is checked (errors make the index broken; warnings do not):
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sqlite3
@@ -33,6 +32,7 @@ import numpy as np
 
 from cbir.errors import CbirError
 from cbir.index.store import IndexStore
+from cbir.utils import sha256_file
 
 #: How many ids of the search index are compared with their stored features.
 RECONSTRUCT_SAMPLE = 256
@@ -113,14 +113,6 @@ def _read_index_file(path: Path, kind: str) -> Any:
 def _short(ids: Any, n: int = 10) -> str:
     ids = sorted(int(i) for i in ids)
     return str(ids[:n])[:-1] + (", ...]" if len(ids) > n else "]")
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_index(
@@ -447,7 +439,7 @@ def _check_files(store: IndexStore, rows: list[tuple], hashes: bool, report: Che
             if not os.path.isfile(path):
                 raise FileNotFoundError(path)
             if hashes:
-                actual = _sha256_file(path)
+                actual = sha256_file(path)
                 report.hashed += 1
                 if actual != sha:
                     if owned:

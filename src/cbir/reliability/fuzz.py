@@ -68,6 +68,8 @@ CONTENT_KINDS = (
 )  # fmt: skip
 #: Kinds that are file-system oddities (``cbir index`` and ``cbir search`` only).
 FS_KINDS = ("symlink-loop", "dangling-link", "unreadable", "fifo", "folder")
+#: Kinds that can never yield an image: indexing or searching one must fail with a reason.
+NOT_IMAGE_KINDS = frozenset({"zero-byte", "text", *FS_KINDS})
 
 
 @dataclass
@@ -372,15 +374,7 @@ def index_door(
             key = os.fsdecode(p)
             f = failed.get(key) or failed.get(shown)
             if key in indexed:
-                if x.kind in (
-                    "zero-byte",
-                    "text",
-                    "fifo",
-                    "folder",
-                    "symlink-loop",
-                    "dangling-link",
-                    "unreadable",
-                ):
+                if x.kind in NOT_IMAGE_KINDS:
                     problems.append((x, "indexed, but it is not a readable image"))
             elif f is None:
                 problems.append((x, "neither indexed nor reported as failed"))
@@ -484,15 +478,7 @@ def _search_problem(x: FuzzInput, res: dict[str, Any], as_json: bool) -> str | N
         return f"crashed: {res['exc'][:200]}"
     rc, out, err = res["rc"], res["out"], res["err"]
     if rc == 0:
-        if x.kind in (
-            "zero-byte",
-            "text",
-            "fifo",
-            "folder",
-            "symlink-loop",
-            "dangling-link",
-            "unreadable",
-        ):
+        if x.kind in NOT_IMAGE_KINDS:
             return "results for something that is not a readable image"
         return None
     if rc != 1:

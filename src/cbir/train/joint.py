@@ -48,6 +48,8 @@ from cbir.train.trainer import (
     TrainConfig,
     _bar,
     _checkpoint,
+    epoch_row,
+    eval_due,
     lr_factor,
     make_optimizer,
     plot_curves,
@@ -467,13 +469,8 @@ def _train_loop(
                 bar.set_postfix(loss=f"{total_loss / count:.4f}")
         if bar is not None:
             bar.close()
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "loss": total_loss / max(count, 1),
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": round(time.perf_counter() - tic, 3),
-        }
-        if cfg.eval_every and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+        row = epoch_row(epoch, total_loss / max(count, 1), opt, tic)
+        if eval_due(cfg, epoch):
             model.eval()
             tr = LearnedTransform(_joint_checkpoint(cfg, model, stats, data, {}))
             m = evaluate_joint(tr, data, limit=cfg.eval_queries)

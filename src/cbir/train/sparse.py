@@ -57,6 +57,8 @@ def train_sparse(
         _bar,
         _batches,
         _checkpoint,
+        epoch_row,
+        eval_due,
         evaluate_transform,
         lr_factor,
         make_optimizer,
@@ -118,15 +120,11 @@ def train_sparse(
                 )
         if bar is not None:
             bar.close()
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "loss": sums["loss"] / max(count, 1),
-            "mse": sums["mse"] / max(count, 1),
-            "active": sums["active"] / max(count, 1),
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": round(time.perf_counter() - t, 3),
-        }
-        if cfg.eval_every and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+        n = max(count, 1)
+        row = epoch_row(
+            epoch, sums["loss"] / n, opt, t, mse=sums["mse"] / n, active=sums["active"] / n
+        )
+        if eval_due(cfg, epoch):
             from cbir.heads.learned import LearnedTransform
 
             encoder.eval()

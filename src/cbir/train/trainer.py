@@ -124,6 +124,24 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
     raise CbirError(f"unknown optimizer {cfg.optimizer!r}; use adam, adamw, sgd or rmsprop")
 
 
+def epoch_row(
+    epoch: int, loss: float, opt: torch.optim.Optimizer, started: float, **extra: float
+) -> dict[str, Any]:
+    """One line of ``metrics.jsonl``: the epoch's mean loss, its other means, lr, seconds."""
+    return {
+        "epoch": epoch,
+        "loss": loss,
+        **extra,
+        "lr": opt.param_groups[0]["lr"],
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def eval_due(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether the run evaluates after ``epoch`` (every ``eval_every`` epochs and the last)."""
+    return bool(cfg.eval_every) and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs)
+
+
 def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
     """Multiplier of the base learning rate at optimisation ``step`` (0-based)."""
     s = step + 1
@@ -480,13 +498,8 @@ def _train_head(
             bar.close()
         if sampler is not None and hasattr(sampler, "end_epoch"):
             sampler.end_epoch(head, x)
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "loss": total_loss / max(count, 1),
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": round(time.perf_counter() - t, 3),
-        }
-        if cfg.eval_every and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+        row = epoch_row(epoch, total_loss / max(count, 1), opt, t)
+        if eval_due(cfg, epoch):
             head.eval()
             ckpt = _checkpoint(cfg, head, mean, std, data.fingerprint, {})
             tr = LearnedTransform(ckpt)
