@@ -45,6 +45,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             progress=False if args.json else None,
             model=args.model,
             engine=engine,
+            backbone=args.backbone,
         )
     synced = dist.sync_store(args.index, args.store)
     if args.json:
@@ -233,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="RUN_DIR",
         help="a `cbir train` run: store its codes / embeddings",
+    )
+    sp.add_argument(
+        "--backbone",
+        default=None,
+        metavar="NAME_OR_SPEC",
+        help="the model of a new index: efficientnet-lite0 (default) or onnx:PATH.onnx"
+        " (see docs/backbones.md); an existing index keeps its own",
     )
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     dist_cli.add_index_options(sp)  # --engine ray, --ray-address, --store milvus:URI

@@ -15,12 +15,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cbir.backbones.registry import backbone_for, top_classes
 from cbir.data.images import decode, sniff
 from cbir.errors import CbirError, IndexWriteError
 from cbir.index import vector_index
 from cbir.index.metadata import exif_from_bytes
 from cbir.index.store import IndexStore, NewImage, write_error
-from cbir.pipeline import backbone_for, top_classes
 from cbir.utils import atomic_write_bytes
 
 UPLOADS = "uploads"

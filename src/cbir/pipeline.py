@@ -19,8 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from cbir.backbones.efficientnet_lite import get_backbone
 from cbir.backbones.embed import embed_stream
+from cbir.backbones.registry import (
+    DEFAULT,
+    backbone_for,
+    describe,
+    normalize_spec,
+    open_backbone,
+    recorded_options,
+    split_spec,
+    top_classes,
+)
 from cbir.data.folder import find_images
 from cbir.data.images import decode, read_bytes
 from cbir.errors import CbirError
@@ -74,30 +83,25 @@ class IndexSummary:
         return out
 
 
-def top_classes(logits: np.ndarray, k: int = 5) -> list[list[list[float]]]:
-    """Top-k ImageNet (class id, probability) pairs per row of logits."""
-    z = logits - logits.max(1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(1, keepdims=True)
-    top = np.argsort(-p, axis=1)[:, :k]
-    return [[[int(c), round(float(p[i, c]), 4)] for c in top[i]] for i in range(len(p))]
-
-
 def create_or_open(
     index_dir: str | os.PathLike[str],
     index_type: str | None = None,
     size: int | None = None,
     center: bool | None = None,
     transform: Transform | None = None,
+    backbone: str | None = None,
 ) -> IndexStore:
     """Open ``index_dir``, or create it with the given model and index settings.
 
     Settings given for an existing index must match what it was built with.
+    ``backbone``: a registry spec (``cbir.backbones.registry``; default efficientnet-lite0).
     """
     root = Path(index_dir)
     if IndexStore.exists(root):
         store = IndexStore.open(root)
         cfg = store.config
+        if backbone is not None:
+            _check_backbone(store, backbone, size)
         if index_type is not None and index_type != cfg["index_type"]:
             raise CbirError(
                 f"{root} was built with --index-type {cfg['index_type']!r}, not {index_type!r};"
@@ -119,8 +123,8 @@ def create_or_open(
         ):
             store.close()
             raise CbirError(
-                f"{root} was built with the {_backbone_desc(cfg['backbone'])}; the model was"
-                f" trained with the {_backbone_desc(transform.backbone)}; index with --model into"
+                f"{root} was built with the {describe(cfg['backbone'])}; the model was"
+                f" trained with the {describe(transform.backbone)}; index with --model into"
                 " a new --index directory"
             )
         if transform is not None:
@@ -139,22 +143,33 @@ def create_or_open(
         if size is not None and size != trained:
             raise CbirError(f"the model was trained at --size {trained}, not {size}")
         size = trained
-    backbone = get_backbone(
-        size or DEFAULT_SIZE, weights=getattr(transform, "backbone_weights", None)
-    )
+    spec = normalize_spec(backbone or DEFAULT)
+    if transform is not None and hasattr(transform, "backbone") and split_spec(spec)[0] != DEFAULT:
+        raise CbirError(
+            f"a --model run is trained on {DEFAULT} features; index it without --backbone"
+        )
+    options = {"size": size or (DEFAULT_SIZE if split_spec(spec)[0] == DEFAULT else None)}
+    if transform is not None and getattr(transform, "backbone_weights", None) is not None:
+        options["weights"] = transform.backbone_weights
+    bb = open_backbone(spec, **options)
     if (
         transform is not None
         and hasattr(transform, "backbone")
-        and transform.backbone != backbone.fingerprint
+        and transform.backbone != bb.fingerprint
     ):
         raise CbirError("the model was trained on another backbone; retrain it with this cbir")
-    transform = transform or FrozenTransform(dim=backbone.dim, center=bool(center))
+    transform = transform or FrozenTransform(dim=bb.dim, center=bool(center))
     config = {
-        "backbone": backbone.fingerprint,
-        "feature_dim": backbone.dim,
+        "backbone": bb.fingerprint,
+        "feature_dim": bb.dim,
         "index_type": index_type or DEFAULT_INDEX_TYPE,
         "kind": transform.kind,
     }
+    if spec != DEFAULT:  # an index without a spec was built by efficientnet-lite0
+        config["backbone_spec"] = spec
+        config["backbone_options"] = recorded_options(
+            {k: v for k, v in options.items() if k != "weights"}
+        )
     store = IndexStore.create(root, config)
     if hasattr(transform, "install"):
         transform.install(store.root)
@@ -162,40 +177,25 @@ def create_or_open(
     return store
 
 
-def _backbone_desc(fp: dict[str, Any]) -> str:
-    from cbir.backbones.efficientnet_lite import is_finetuned
-
-    what = "fine-tuned" if is_finetuned(fp) else "ImageNet"
-    return (
-        f"{fp['backbone']} backbone ({what} weights {fp['weights']}, {fp['preprocess']['size']} px)"
-    )
-
-
-def backbone_for(store: IndexStore):
-    """The backbone an index was built with (refuses a different model).
-
-    A fine-tuned backbone's weights are a file of the index (``backbone-<digest>.pt``,
-    copied there from the ``cbir train --finetune`` run).
-    """
-    from cbir.backbones.efficientnet_lite import is_finetuned
-
-    fp = store.config["backbone"]
-    weights = None
-    if is_finetuned(fp):
-        weights = store.root / f"backbone-{fp['weights']}.pt"
-        if not weights.exists():
-            raise CbirError(
-                f"{store.root} was built with the {_backbone_desc(fp)}, but its weights file"
-                f" {weights.name} is missing from the index; re-index into a new --index directory"
-            )
-    backbone = get_backbone(fp["preprocess"]["size"], fp["preprocess"]["mode"], weights)
-    if backbone.fingerprint != fp:
-        raise CbirError(
-            f"{store.root} was built with {fp['backbone']} weights {fp['weights']};"
-            f" this cbir has {backbone.fingerprint['backbone']} {backbone.fingerprint['weights']}."
-            " Re-index into a new --index directory"
+def _check_backbone(store: IndexStore, spec: str, size: int | None) -> None:
+    """Refuse ``--backbone spec`` for an index built with another backbone."""
+    cfg = store.config
+    have = cfg["backbone"]
+    recorded = cfg.get("backbone_spec") or have.get("backbone", DEFAULT)
+    spec = normalize_spec(spec)
+    same = spec == recorded
+    if not same and split_spec(spec)[0] == split_spec(recorded)[0] != DEFAULT:
+        pre = have["preprocess"]
+        want = open_backbone(
+            spec, **{**cfg.get("backbone_options", {}), "size": size or pre["size"]}
         )
-    return backbone
+        same = want.fingerprint == have
+    if not same:
+        store.close()
+        raise CbirError(
+            f"{store.root} was built with the {describe(have)} ({recorded}), not --backbone {spec};"
+            " use another --index directory, or leave --backbone out to update it"
+        )
 
 
 def _sha256(data: bytes) -> str:
@@ -215,11 +215,15 @@ def index_folder(
     progress: bool | None = None,
     model: str | os.PathLike[str] | None = None,
     engine: Any = None,
+    backbone: str | None = None,
 ) -> IndexSummary:
     """Index (or update the index of) every image under ``images_dir``.
 
     ``model``: a ``cbir train`` run directory (or checkpoint): the index then holds that
     head's codes or embeddings (the checkpoint is copied into the index).
+    ``backbone``: the backbone of a new index, a registry spec such as
+    ``efficientnet-lite0`` (the default) or ``onnx:PATH.onnx``; an existing index keeps its own
+    (another one is refused).
     ``engine``: None embeds here (decoding threads + onnxruntime); otherwise an object
     whose ``embed(todo, classify, backbone, batch_size)`` yields the same ``Batch``es in
     order (e.g. :class:`cbir.distributed.ray_embed.RayEngine`).
@@ -242,7 +246,9 @@ def index_folder(
             index_type = "BFlat"
         if index_type is None and not IndexStore.exists(index_dir) and transform.kind == "sparse":
             index_type = "Inverted"  # posting lists over the active units (cbir.index.sparse)
-    store = create_or_open(index_dir, index_type, size, center, transform=transform)
+    store = create_or_open(
+        index_dir, index_type, size, center, transform=transform, backbone=backbone
+    )
     summary = IndexSummary(images_dir=str(root), index_dir=str(index_dir), found=len(files))
     store.lock()
     try:
@@ -363,7 +369,7 @@ def _index_files(
     else:
         batches = engine.embed(todo, classify, backbone, batch_size)
     for batch in batches:
-        extras = top_classes(batch.logits) if len(batch.logits) else []
+        extras = top_classes(batch.logits) if batch.logits.size else []
         reuse_ids = [info["reuse"] for _, info, row in batch.ok if row < 0 and "reuse" in info]
         reuse_feats = (
             dict(zip(reuse_ids, store.features(reuse_ids), strict=True)) if reuse_ids else {}
@@ -384,7 +390,7 @@ def _index_files(
             exif = info["exif"] if "exif" in info else exif_from_file(path)
             im.meta = {"sidecar": sidecars.get(path, {}), "exif": exif}
             if row >= 0:
-                im.extra = {"imagenet": extras[row]}
+                im.extra = {"imagenet": extras[row]} if extras else {}
                 feats.append(batch.features[row : row + 1])
                 embedded += 1
             else:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cbir.backbones.efficientnet_lite import get_backbone
 from cbir.backbones.embed import embed_stream
+from cbir.backbones.registry import open_backbone
 from cbir.data.base import ImageSet
 from cbir.errors import CbirError
 from cbir.utils import cache_dir, fsync_dir
@@ -46,7 +46,7 @@ def dataset_features(
 
     ``weights``: a fine-tuned backbone's state-dict file (default: the ImageNet weights).
     """
-    backbone = get_backbone(size, mode, weights)
+    backbone = open_backbone(size=size, mode=mode, weights=weights)
     path = cache_path(images, backbone.fingerprint)
     if path.exists():
         return np.load(path, mmap_mode="r")

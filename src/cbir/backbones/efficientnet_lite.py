@@ -20,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cbir.backbones.base import ImageBackbone, top_classes
 from cbir.backbones.preprocess import Preprocess
+from cbir.backbones.session import cpu_session
+from cbir.errors import CbirError
 from cbir.utils import atomic_write_bytes, cache_dir, sha256_file
 
 NAME = "efficientnet-lite0"
@@ -58,8 +61,6 @@ def load_torch_model(weights: str | os.PathLike[str] | None = None):
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
         model = EfficientNet.from_pretrained(NAME, weights_path=str(weights_path()))
     if weights is not None:
-        from cbir.errors import CbirError
-
         try:
             state = torch.load(os.fspath(weights), map_location="cpu", weights_only=True)
             model.load_state_dict(state)
@@ -132,20 +133,7 @@ def onnx_path(
     return path
 
 
-def cpu_session(path: str | os.PathLike[str], threads: int | None = None):
-    """An onnxruntime CPU session: ``threads`` intra-op threads (default: every core)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or os.cpu_count() or 1
-    opts.inter_op_num_threads = 1
-    # Idle intra-op threads must not spin: image decoding shares the cores.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-class EfficientNetLite0:
+class EfficientNetLite0(ImageBackbone):
     """Frozen EfficientNet-Lite0 feature extractor on onnxruntime.
 
     Args:
@@ -158,11 +146,15 @@ class EfficientNetLite0:
 
     name = NAME
     dim = DIM
+    n_classes = N_CLASSES
 
     def __init__(
-        self, size: int = 224, mode: str = "crop", threads: int | None = None,
+        self,
+        size: int = 224,
+        mode: str = "crop",
+        threads: int | None = None,
         weights: str | os.PathLike[str] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.preprocess = Preprocess(size=size, mode=mode)
         self.weights_file = None if weights is None else Path(weights)
         self.weights = weights_digest() if weights is None else file_digest(weights)
@@ -183,6 +175,11 @@ class EfficientNetLite0:
         (``(n, size, size, 3)`` uint8, as :class:`Preprocess` returns)."""
         feats, logits = self.session.run(None, {"images": np.ascontiguousarray(batch, np.uint8)})
         return feats, logits
+
+    def classify(self, images, k: int = 5) -> list[list[list[float]]]:
+        """Top-k ImageNet ``[class, probability]`` pairs per image (see :meth:`batch`)."""
+        b = self.batch(images)
+        return top_classes(self.run(b)[1], k) if len(b) else []
 
 
 @lru_cache(maxsize=8)
@@ -211,3 +208,50 @@ def _digest_of(path: str, size: int, mtime_ns: int) -> str:
 def is_finetuned(fingerprint: dict) -> bool:
     """Whether a backbone fingerprint is of fine-tuned weights (not the ImageNet ones)."""
     return fingerprint.get("weights") != weights_digest()
+
+
+def open_efficientnet(
+    size: int = 224,
+    mode: str = "crop",
+    threads: int | None = None,
+    weights: str | os.PathLike[str] | None = None,
+) -> EfficientNetLite0:
+    """The registry's factory: the shared instance (:func:`get_backbone`), or a private
+    one with its own ``threads``."""
+    if threads is None:
+        return get_backbone(size, mode, weights)
+    return EfficientNetLite0(size, mode, threads=threads, weights=weights)
+
+
+def reopen(
+    fp: dict, arg: str | None, root: Path | None, threads: int | None = None
+) -> EfficientNetLite0:
+    """The backbone of an index's fingerprint ``fp``. A fine-tuned backbone's weights are a
+    file of the index (``backbone-<digest>.pt``, copied there from the
+    ``cbir train --finetune`` run)."""
+
+    weights = None
+    if is_finetuned(fp):
+        weights = (root or Path(".")) / f"backbone-{fp['weights']}.pt"
+        if not weights.exists():
+            raise CbirError(
+                f"{root} was built with the {describe(fp)}, but its weights file"
+                f" {weights.name} is missing from the index; re-index into a new --index directory"
+            )
+    pre = fp["preprocess"]
+    backbone = open_efficientnet(pre["size"], pre["mode"], threads, weights)
+    if backbone.fingerprint != fp:
+        raise CbirError(
+            f"{root} was built with {fp['backbone']} weights {fp['weights']};"
+            f" this cbir has {backbone.fingerprint['backbone']} {backbone.fingerprint['weights']}."
+            " Re-index into a new --index directory"
+        )
+    return backbone
+
+
+def describe(fp: dict) -> str:
+    """An EfficientNet-Lite0 fingerprint in words, for error messages."""
+    what = "fine-tuned" if is_finetuned(fp) else "ImageNet"
+    return (
+        f"{fp['backbone']} backbone ({what} weights {fp['weights']}, {fp['preprocess']['size']} px)"
+    )

@@ -144,7 +144,7 @@ class SentenceEncoder:
     def __init__(self, threads: int | None = None) -> None:
         from tokenizers import Tokenizer
 
-        from cbir.backbones.efficientnet_lite import cpu_session
+        from cbir.backbones.session import cpu_session
 
         tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
         tok.enable_truncation(MAX_TOKENS)

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from cbir.backbones.efficientnet_lite import N_CLASSES
 from cbir.backbones.embed import Batch
 from cbir.errors import CbirError, ImageError
 
@@ -35,19 +34,30 @@ class EmbedActor:
     """One onnxruntime session; ``__call__`` embeds a Ray Data batch of paths.
 
     Args:
-        size, mode: the backbone's preprocessing (from the index's fingerprint).
         fingerprint: what the index was built with; a different local model is refused.
         threads: onnxruntime intra-op threads (one per CPU the actor holds).
+        spec, options: how the index names and opens its backbone (``backbone_spec`` and
+            ``backbone_options`` of its config; default: efficientnet-lite0).
     """
 
-    def __init__(self, size: int, mode: str, fingerprint: dict[str, Any], threads: int = 1) -> None:
-        from cbir.backbones.efficientnet_lite import EfficientNetLite0
+    def __init__(
+        self,
+        fingerprint: dict[str, Any],
+        threads: int = 1,
+        spec: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        from cbir.backbones.registry import backbone_for
 
-        self.backbone = EfficientNetLite0(size=size, mode=mode, threads=threads)
-        if self.backbone.fingerprint != fingerprint:
+        config = {"backbone": fingerprint, "backbone_spec": spec, "backbone_options": options or {}}
+        try:
+            self.backbone = backbone_for(config, threads=threads)
+        except CbirError:
+            self.backbone = None
+        if self.backbone is None or self.backbone.fingerprint != fingerprint:
             raise CbirError(
-                f"this Ray worker has model {self.backbone.fingerprint}, the index {fingerprint};"
-                " install the same cbir on every node"
+                f"this Ray worker has model {getattr(self.backbone, 'fingerprint', spec)}, the index"
+                f" {fingerprint}; install the same cbir on every node"
             )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -78,14 +88,20 @@ def embed_paths(backbone: Any, index: Sequence[int], paths: Sequence[str]) -> di
             reason[j], detail[j] = e.reason, e.detail
     dim = backbone.dim
     feats = np.zeros((n, dim), np.float32)
-    logits = np.zeros((n, N_CLASSES), np.float32)
+    logits = np.zeros((n, getattr(backbone, "n_classes", 0)), np.float32)
     if arrays:
         f, lg = backbone.run(np.stack(arrays))
         feats[rows], logits[rows] = f, lg
     return {
-        "i": np.asarray(index, np.int64), "sha": sha, "nbytes": nbytes, "wh": wh,
-        "reason": reason, "detail": detail, "features": feats, "logits": logits,
-    }  # fmt: skip
+        "i": np.asarray(index, np.int64),
+        "sha": sha,
+        "nbytes": nbytes,
+        "wh": wh,
+        "reason": reason,
+        "detail": detail,
+        "features": feats,
+        "logits": logits,
+    }
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
@@ -95,8 +111,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {
-        "include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
-    }  # fmt: skip
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+    }
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -161,7 +179,6 @@ class RayEngine:
         self._started = connect(self.address) or self._started
         workers = self._pool_size()
         per_call = self.batch_size or max(1, min(batch_size, -(-len(items) // workers)))
-        pp = backbone.preprocess
         ctx = ray.data.DataContext.get_current()
         before = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
         ctx.execution_options.preserve_order = True
@@ -175,11 +192,11 @@ class RayEngine:
             ds = ds.map_batches(
                 EmbedActor,
                 fn_constructor_kwargs={
-                    "size": pp.size,
-                    "mode": pp.mode,
                     "fingerprint": backbone.fingerprint,
                     "threads": self.threads,
-                },  # fmt: skip
+                    "spec": getattr(backbone, "spec", None),
+                    "options": getattr(backbone, "options", None),
+                },
                 batch_size=per_call,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=workers),

@@ -137,9 +137,9 @@ def evaluate(
         else dataset_features(splits.database, size=size, progress=progress, weights=weights)
     )
     if hasattr(transform, "backbone"):
-        from cbir.backbones.efficientnet_lite import get_backbone
+        from cbir.backbones.registry import open_backbone
 
-        if get_backbone(size, weights=weights).fingerprint != transform.backbone:
+        if open_backbone(size=size, weights=weights).fingerprint != transform.backbone:
             raise CbirError(f"{model} was trained on another backbone; retrain it with this cbir")
     t1 = time.perf_counter()
     m = evaluate_features(

@@ -161,13 +161,11 @@ class LearnedTransform:
         """
         if not self.finetuned:
             return None
-        from cbir.backbones.efficientnet_lite import file_digest as weights_file_digest
-
         want = self.backbone["weights"]
         base = self.path.parent if self.path is not None else Path(".")
         for name in (self.ckpt["backbone_file"], f"backbone-{want}.pt"):
             p = base / name
-            if p.exists() and weights_file_digest(p) == want:
+            if p.exists() and sha256_file(p)[:12] == want:
                 return p
         raise CbirError(
             f"{self.path}: the fine-tuned backbone weights (digest {want}) are not beside the"

@@ -84,10 +84,10 @@ def calibrate(
 ) -> dict[str, Any]:
     """Compute (and store in the index) the no-match threshold; returns what was stored."""
     from cbir.backbones.cache import dataset_features
+    from cbir.backbones.registry import backbone_for
     from cbir.data.registry import open_dataset
     from cbir.index.store import IndexStore
     from cbir.index.vector_index import current_transform
-    from cbir.pipeline import backbone_for
 
     if not 0 < precision <= 1:
         raise CbirError(f"--precision must be in (0, 1], got {precision}")

@@ -99,11 +99,11 @@ def _features(model: LearnedTransform, image: Any) -> np.ndarray:
     """Backbone features ``(1, 1280)`` of an image file, encoded bytes, or PIL image."""
     from PIL import Image
 
-    from cbir.backbones.efficientnet_lite import get_backbone
+    from cbir.backbones.registry import open_backbone
     from cbir.data.images import decode, read_bytes
 
     pre = model.backbone["preprocess"]
-    bb = get_backbone(pre["size"], pre.get("mode", "crop"))
+    bb = open_backbone(size=pre["size"], mode=pre.get("mode", "crop"))
     if bb.fingerprint != model.backbone:
         raise CbirError("the model was trained on another backbone; retrain it with this cbir")
     if isinstance(image, Image.Image):

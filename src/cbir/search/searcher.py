@@ -82,7 +82,7 @@ class Searcher:
     @property
     def backbone(self):
         if self._backbone is None:
-            from cbir.pipeline import backbone_for
+            from cbir.backbones.registry import backbone_for
 
             self._backbone = backbone_for(self.store)
         return self._backbone

@@ -351,16 +351,10 @@ class Service:
             if self.embed_threads is None:
                 self._backbone = self.searcher.backbone
             else:
-                from cbir.backbones.efficientnet_lite import EfficientNetLite0
+                from cbir.backbones.registry import backbone_for
 
-                fp = self.store.config["backbone"]
-                pre = fp["preprocess"]
-                bb = EfficientNetLite0(pre["size"], pre["mode"], threads=self.embed_threads)
-                if bb.fingerprint != fp:
-                    from cbir.pipeline import backbone_for
-
-                    backbone_for(self.store)  # refuses another model with a clear message
-                self._backbone = bb
+                # refuses another model with a clear message
+                self._backbone = backbone_for(self.store, threads=self.embed_threads)
         return self._backbone
 
     def embed(self, data: bytes, name: str) -> np.ndarray:

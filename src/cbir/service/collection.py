@@ -208,8 +208,9 @@ def commit_originals(
     col: Collection, index_dir: Path, index_type: str, chunk: int = 4096, log: Log = _quiet
 ) -> tuple[float, int, float]:
     """Commit the originals with their cached features; returns (seconds, checked, max diff)."""
+    from cbir.backbones.registry import backbone_for, top_classes
     from cbir.index.store import NewImage
-    from cbir.pipeline import backbone_for, create_or_open, top_classes
+    from cbir.pipeline import create_or_open
 
     t0 = time.perf_counter()
     store = create_or_open(index_dir, index_type, size=224)

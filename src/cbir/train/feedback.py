@@ -94,8 +94,8 @@ def load_feedback(
     ``fingerprint``: the backbone the training features come from; the index must have
     been built with the same one (same weights and input size).
     """
+    from cbir.backbones.registry import backbone_for
     from cbir.index.store import IndexStore
-    from cbir.pipeline import backbone_for
 
     root = _root(index_dir)
     store = IndexStore.open(root)

@@ -289,7 +289,7 @@ class Finetune:
         """Write ``run/backbone.pt``; return ``data`` with the fine-tuned backbone's
         fingerprint and query / database features (its ONNX export, cached)."""
         from cbir.backbones.cache import dataset_features
-        from cbir.backbones.efficientnet_lite import get_backbone
+        from cbir.backbones.registry import open_backbone
         from cbir.heads.learned import BACKBONE_FILE
 
         self.eval()
@@ -297,7 +297,7 @@ class Finetune:
         torch.save({k: v.detach().clone() for k, v in self.model.state_dict().items()}, buf)
         path = Path(run) / BACKBONE_FILE
         atomic_write_bytes(path, buf.getvalue())
-        backbone = get_backbone(self.size, weights=path)  # exports the ONNX graph once
+        backbone = open_backbone(size=self.size, weights=path)  # exports the ONNX graph once
         check = self.train_bank.pixels[: min(16, len(self.train_bank))]
         onnx_f, _ = backbone.run(check)
         with torch.no_grad():

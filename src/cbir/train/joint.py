@@ -103,7 +103,7 @@ def load_joint_data(cfg: TrainConfig, progress: bool | None = None) -> JointData
 
 def _class_pairs(cfg: TrainConfig, caps: CaptionSet, progress: bool | None) -> JointData:
     from cbir.backbones.cache import dataset_features
-    from cbir.backbones.efficientnet_lite import get_backbone
+    from cbir.backbones.registry import open_backbone
     from cbir.eval.protocols import resolve
 
     proto, ds, splits = resolve(cfg.dataset, cfg.protocol, seed=cfg.seed)
@@ -147,7 +147,7 @@ def _class_pairs(cfg: TrainConfig, caps: CaptionSet, progress: bool | None) -> J
         test_texts=emb[is_test], test_text_groups=lab[is_test],
         test_captions=[t for t, m in zip(texts, is_test, strict=True) if m],
         level="class", name=f"{proto.name}+{Path(caps.path).name}",
-        fingerprint=get_backbone(size).fingerprint, text_fingerprint=text_fingerprint(),
+        fingerprint=open_backbone(size=size).fingerprint, text_fingerprint=text_fingerprint(),
         info={"layout": caps.layout, "classes": names},
     )  # fmt: skip
 
@@ -206,7 +206,7 @@ def _resolve_images(root: Path, names: list[str], caps_path: str) -> dict[str, s
 
 def _image_pairs(cfg: TrainConfig, caps: CaptionSet, progress: bool | None) -> JointData:
     from cbir.backbones.cache import dataset_features
-    from cbir.backbones.efficientnet_lite import get_backbone
+    from cbir.backbones.registry import open_backbone
     from cbir.data.base import ImageSet, file_loader
 
     root = Path(os.path.expanduser(cfg.dataset))
@@ -272,7 +272,7 @@ def _image_pairs(cfg: TrainConfig, caps: CaptionSet, progress: bool | None) -> J
         test_texts=emb[te_caps], test_text_groups=np.asarray([pos_te[int(cap_img[j])] for j in te_caps], np.int64),
         test_captions=[texts[j] for j in te_caps],
         level="image", name=f"{root.name}+{Path(caps.path).name}",
-        fingerprint=get_backbone(size).fingerprint, text_fingerprint=text_fingerprint(),
+        fingerprint=open_backbone(size=size).fingerprint, text_fingerprint=text_fingerprint(),
         info={"layout": caps.layout, "n_images": n},
     )  # fmt: skip
 

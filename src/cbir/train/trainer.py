@@ -219,7 +219,7 @@ def run_splits(cfg: TrainConfig) -> tuple[Any, Any, Any, Any, Any]:
 def load_data(cfg: TrainConfig, progress: bool | None = None) -> TrainData:
     """Features (cached) of the training, query and database splits of the protocol."""
     from cbir.backbones.cache import dataset_features
-    from cbir.backbones.efficientnet_lite import get_backbone
+    from cbir.backbones.registry import open_backbone
 
     proto, ds, train, query, database = run_splits(cfg)
     size = cfg.size or proto.size
@@ -233,7 +233,7 @@ def load_data(cfg: TrainConfig, progress: bool | None = None) -> TrainData:
         x=x, y=y, n_classes=n_classes,
         query=q, query_labels=query.labels,
         database=db, database_labels=None if database is None else database.labels,
-        protocol=proto, fingerprint=get_backbone(size).fingerprint,
+        protocol=proto, fingerprint=open_backbone(size=size).fingerprint,
         class_names=list(ds.class_names) or None,
     )  # fmt: skip
 
