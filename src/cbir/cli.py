@@ -144,7 +144,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"count:        {info['count']}")
         print(f"dimension:    {info['dimension']} ({info['kind']})")
         print(
-            f"backbone:     {bb['backbone']} (weights {bb['weights']}, {bb['preprocess']['size']} px, {bb['preprocess']['mode']})"
+            f"backbone:     {bb['backbone']} (weights {bb.get('weights') or bb.get('sha256', '?')[:12]}, {bb['preprocess']['size']} px, {bb['preprocess']['mode']})"
         )
         print(
             f"model:        {info['model'].get('kind')}"

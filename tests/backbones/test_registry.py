@@ -138,6 +138,8 @@ def test_cli_index_and_search_with_onnx_backbone(capsys, model, photos_dir, tmp_
         assert code == 0, err
         top = json.loads(out)["results"][0]
         assert top["path"] == str(q) and top["score"] == pytest.approx(1.0, abs=1e-4)
+    code, out, err = run(capsys, "info", str(idx))
+    assert code == 0 and f"backbone:     onnx (weights {cfg['backbone']['sha256'][:12]}" in out, err
     # an update keeps (and needs no) --backbone
     code, out, err = run(capsys, "index", str(photos_dir), "--index", str(idx), "--json")
     assert code == 0 and json.loads(out)["unchanged"] == summary["total"], err

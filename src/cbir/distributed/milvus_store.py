@@ -485,7 +485,7 @@ def model_digest(store: Any) -> str:
     from cbir.index.vector_index import current_transform
 
     fp = store.config["backbone"]
-    return f"{fp['backbone']}-{fp['weights']}-{fp['preprocess']['size']}-{spec_digest(current_transform(store).spec())}"
+    return f"{fp['backbone']}-{fp.get('weights') or fp.get('sha256', '')[:12]}-{fp['preprocess']['size']}-{spec_digest(current_transform(store).spec())}"
 
 
 def open_for_store(spec: str, store: Any, create: bool = True) -> MilvusStore:
