@@ -19,7 +19,7 @@ from cbir.backbones.embed import embed_stream
 from cbir.backbones.registry import open_backbone
 from cbir.data.base import ImageSet
 from cbir.errors import CbirError
-from cbir.utils import cache_dir, fsync_dir
+from cbir.utils import atomic_write_json, cache_dir, fsync_dir
 
 
 def _digest(obj: object) -> str:
@@ -33,6 +33,22 @@ def cache_path(images: ImageSet, fingerprint: dict) -> Path:
     return cache_dir("features", _digest(fingerprint)) / f"{name}-{len(images)}-{keys}.npy"
 
 
+def _failed_path(path: Path) -> Path:
+    return path.with_name(path.name + ".failed.json")
+
+
+def _raise_failed(images: ImageSet, path: Path, idx: np.ndarray) -> None:
+    """Raise for the first of ``idx`` (positions in the cached set) that failed to decode."""
+    record = _failed_path(path)
+    if not record.exists():
+        return
+    failed = dict(json.loads(record.read_text())["failed"])
+    where = {int(j): k for k, j in enumerate(idx)}
+    for j in sorted(failed):
+        if j in where:
+            raise CbirError(f"{images.name} item {where[j]}: {failed[j]}")
+
+
 def dataset_features(
     images: ImageSet,
     size: int = 224,
@@ -41,19 +57,28 @@ def dataset_features(
     workers: int = 2,
     progress: bool | None = None,
     weights: str | os.PathLike[str] | None = None,
+    skip_failed: bool = False,
 ) -> np.ndarray:
     """Backbone features ``(n, 1280)`` of every image in ``images`` (cached, memory-mapped).
 
     ``weights``: a fine-tuned backbone's state-dict file (default: the ImageNet weights).
+    ``skip_failed``: an image that cannot be decoded (corrupt, over ``CBIR_MAX_PIXELS``)
+    gets a row of NaN instead of stopping the run, as ``cbir index`` skips it; the cache
+    remembers which (``<cache>.failed.json``). Without it such an image is a
+    :class:`CbirError`, cached or not.
     """
     backbone = open_backbone(size=size, mode=mode, weights=weights)
     path = cache_path(images, backbone.fingerprint)
     if path.exists():
+        if not skip_failed:
+            _raise_failed(images, path, np.arange(len(images)))
         return np.load(path, mmap_mode="r")
     parent, idx = images.root()
     if parent is not images:
         ppath = cache_path(parent, backbone.fingerprint)
         if ppath.exists():  # a subset of a cached split: slice it, embed nothing
+            if not skip_failed:
+                _raise_failed(images, ppath, idx)
             return np.asarray(np.load(ppath, mmap_mode="r")[idx])
     n = len(images)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -68,15 +93,24 @@ def dataset_features(
     def prepare(i: int):
         return backbone.preprocess(images.load(i)), None
 
+    failed: list[list] = []
     try:
         for batch in embed_stream(range(n), prepare, backbone.run, batch_size, workers):
-            if batch.failed:
+            if batch.failed and not skip_failed:
                 i, err = batch.failed[0]
                 raise CbirError(f"{images.name} item {i}: {err}")
+            for i, err in batch.failed:
+                out[i] = np.nan
+                failed.append([int(i), str(err)])
             rows = [i for i, _, _ in batch.ok]
-            out[rows] = batch.features
+            if rows:
+                out[rows] = batch.features
             if bar is not None:
-                bar.update(len(rows))
+                bar.update(len(rows) + len(batch.failed))
+        if failed:  # written before the features: no cache without its record
+            atomic_write_json(_failed_path(path), {"failed": failed})
+        else:
+            _failed_path(path).unlink(missing_ok=True)  # a stale one, from a deleted cache
         out.flush()
         del out
         with open(tmp, "rb") as f:

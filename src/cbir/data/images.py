@@ -1,26 +1,49 @@
 """Safe image decoding: formats sniffed from bytes, size limits, bombs, clear errors.
 
 Every image that enters cbir (folders, datasets, uploads) goes through :func:`decode`.
+
+Formats: JPEG (and MPO), PNG, GIF, WebP, BMP, TIFF, AVIF (Pillow's own plugin, where
+Pillow was built with libavif), and HEIC/HEIF when the optional ``pillow-heif`` is
+installed (``pip install 'cbir[formats]'``). The EXIF orientation is applied, so a photo
+is embedded upright whatever way the camera stored it.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import warnings
 from pathlib import Path
 
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
 from cbir.errors import ImageError
 
+try:  # HEIC/HEIF (iPhone photos): the optional extra cbir[formats]
+    from pillow_heif import register_heif_opener
+except ImportError:  # pragma: no cover - depends on the install
+    HEIF_AVAILABLE = False
+else:
+    register_heif_opener()
+    HEIF_AVAILABLE = True
+#: True when this Pillow reads AVIF (Pillow >= 11.2 built with libavif).
+AVIF_AVAILABLE = bool(features.check("avif"))
+
 #: Formats cbir accepts, as Pillow names them.
-ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO", "AVIF", "HEIF"})
 #: File name endings that claim to be images (a mismatch with the content is an error).
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+    | {".avif", ".heic", ".heif", ".hif"}
 )
+#: ISO base media file brands (bytes 8-12, and the compatible brands after) of still images.
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"heif"})
+_BMFF_STILL = frozenset({b"mif1", b"msf1"})
+#: Bytes of a file's start that :func:`sniff` looks at.
+SNIFF_BYTES = 32
 #: Largest accepted image, in pixels (width * height); larger is refused as a bomb.
 MAX_PIXELS = int(os.environ.get("CBIR_MAX_PIXELS", 64_000_000))
 #: Largest accepted file, in bytes.
@@ -29,8 +52,27 @@ MAX_BYTES = int(os.environ.get("CBIR_MAX_BYTES", 256 * 1024 * 1024))
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+def _sniff_bmff(head: bytes) -> str | None:
+    """AVIF or HEIF from an ISO base media ``ftyp`` box (major, then compatible brands)."""
+    size = int.from_bytes(head[:4], "big")
+    major = head[8:12]
+    compatible = [head[i : i + 4] for i in range(16, min(len(head), max(size, 16)) - 3, 4)]
+    for brand in (major, *compatible):
+        if brand in _AVIF_BRANDS:
+            return "AVIF"
+        if brand in _HEIF_BRANDS:
+            return "HEIF"
+    if major in _BMFF_STILL or any(b in _BMFF_STILL for b in compatible):
+        return "HEIF"  # a still-image HEIF of another codec; Pillow decides
+    return None  # MP4, QuickTime, ...: not a still image
+
+
 def sniff(head: bytes) -> str | None:
-    """Return the image format that the first bytes of a file announce, else None."""
+    """Return the image format that the first bytes of a file announce, else None.
+
+    Give it :data:`SNIFF_BYTES` bytes: HEIF and AVIF are told apart by the brands of
+    their ``ftyp`` box.
+    """
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -43,6 +85,8 @@ def sniff(head: bytes) -> str | None:
         return "BMP"
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "TIFF"
+    if head[4:8] == b"ftyp" and len(head) >= 12:
+        return _sniff_bmff(head)
     return None
 
 
@@ -50,13 +94,46 @@ def sniff_file(path: str | os.PathLike[str]) -> str | None:
     """Return the format announced by a file's first bytes (None if not an image or unreadable)."""
     try:
         with open(path, "rb") as f:
-            return sniff(f.read(16))
+            return sniff(f.read(SNIFF_BYTES))
     except OSError:
         return None
 
 
+def lift_pillow_limit() -> None:
+    """Let Pillow open what :data:`MAX_PIXELS` (``CBIR_MAX_PIXELS``) allows.
+
+    Pillow refuses images over its own ``Image.MAX_IMAGE_PIXELS`` (about 89 M pixels)
+    before cbir's check runs; raising ``CBIR_MAX_PIXELS`` above it raises Pillow's too.
+    Pillow's limit is never lowered.
+    """
+    cur = Image.MAX_IMAGE_PIXELS
+    if cur is not None and cur < MAX_PIXELS:
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def _bomb(path: str, pixels: str) -> ImageError:
+    return ImageError(
+        path,
+        "bomb",
+        f"{pixels} pixels > limit {MAX_PIXELS} (CBIR_MAX_PIXELS; raise it to accept larger images)",
+    )
+
+
+def _displayed_size(img: Image.Image) -> tuple[int, int]:
+    """The size as shown: width and height swapped when EXIF says the photo is turned 90 deg."""
+    w, h = img.size
+    try:
+        orientation = img.getexif().get(0x0112)
+    except Exception:  # damaged EXIF: exif_transpose ignores it too
+        return w, h
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
 def decode(data: bytes, path: str = "<bytes>", draft_size: int | None = None) -> Image.Image:
-    """Decode image bytes into an RGB PIL image, or raise :class:`ImageError`.
+    """Decode image bytes into an upright RGB PIL image, or raise :class:`ImageError`.
+
+    The EXIF orientation is applied (after a JPEG's reduced-scale decode, so it stays
+    cheap); ``img.info["orig_size"]`` is the full-resolution (width, height) as displayed.
 
     Args:
         data: the file's bytes.
@@ -68,28 +145,42 @@ def decode(data: bytes, path: str = "<bytes>", draft_size: int | None = None) ->
         raise ImageError(path, "empty", "zero-byte file")
     if len(data) > MAX_BYTES:
         raise ImageError(path, "too-large", f"{len(data)} bytes > limit {MAX_BYTES}")
-    fmt = sniff(data[:16])
+    fmt = sniff(data[:SNIFF_BYTES])
     if fmt is None:
-        raise ImageError(path, "not-an-image", "content is not JPEG/PNG/GIF/WebP/BMP/TIFF")
+        raise ImageError(
+            path, "not-an-image", "content is not JPEG/PNG/GIF/WebP/BMP/TIFF/AVIF/HEIF"
+        )
+    lift_pillow_limit()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns about damaged metadata on stderr
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            # (and about large images: cbir's own limit below decides, with its own message)
+            try:
+                img = Image.open(io.BytesIO(data))
+            except UnidentifiedImageError:
+                if fmt == "HEIF" and not HEIF_AVAILABLE:
+                    raise ImageError(
+                        path,
+                        "unsupported-format",
+                        "HEIF/HEIC needs pillow-heif: pip install 'cbir[formats]'",
+                    ) from None
+                if fmt == "AVIF" and not AVIF_AVAILABLE:
+                    raise ImageError(
+                        path, "unsupported-format", "this Pillow was built without AVIF"
+                    ) from None
+                raise
             if img.format not in ALLOWED_FORMATS:
                 raise ImageError(path, "unsupported-format", str(img.format))
             w, h = img.size
             if w <= 0 or h <= 0:
                 raise ImageError(path, "corrupt", f"invalid size {w}x{h}")
             if w * h > MAX_PIXELS:
-                raise ImageError(
-                    path, "bomb", f"{w}x{h} = {w * h} pixels > limit {MAX_PIXELS} (CBIR_MAX_PIXELS)"
-                )
+                raise _bomb(path, f"{w}x{h} = {w * h}")
+            orig_size = _displayed_size(img)
             if draft_size and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
             img = ImageOps.exif_transpose(img) or img
-            orig_size = (w, h)
             if img.mode != "RGB":
                 if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
                     rgba = img.convert("RGBA")
@@ -103,7 +194,10 @@ def decode(data: bytes, path: str = "<bytes>", draft_size: int | None = None) ->
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(path, "bomb", str(e)) from None
+        m = re.search(r"\((\d+) pixels\)", str(e))  # Pillow's own limit, twice over
+        raise _bomb(
+            path, m.group(1) if m else f"over {2 * (Image.MAX_IMAGE_PIXELS or 0)}"
+        ) from None
     except MemoryError:
         raise ImageError(path, "bomb", "out of memory while decoding") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:

@@ -9,7 +9,9 @@ index built with that model returns.
 
 from __future__ import annotations
 
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,28 @@ def evaluate_features(
     return m
 
 
+def drop_unreadable(images: Any, feats: np.ndarray) -> tuple[Any, np.ndarray, list[str]]:
+    """Drop the images whose features are NaN (they could not be decoded).
+
+    Returns the remaining images (a subset, labels kept aligned), their features, and
+    one "path: reason" line per dropped image.
+    """
+    from cbir.errors import ImageError
+
+    bad = np.flatnonzero(np.isnan(feats[:, 0])) if len(feats) else np.zeros(0, np.int64)
+    if not len(bad):
+        return images, feats, []
+    lines = []
+    for i in bad:
+        try:
+            images.load(int(i))
+            lines.append(f"{images.keys[i]}: could not be read when its features were computed")
+        except ImageError as e:
+            lines.append(str(e))
+    keep = np.setdiff1d(np.arange(len(images)), bad)
+    return images.subset(keep, images.name), np.asarray(feats[keep]), lines
+
+
 def evaluate(
     dataset: str,
     protocol: str | None = None,
@@ -130,12 +154,21 @@ def evaluate(
         idx = np.sort(np.random.default_rng(seed).choice(len(query), limit_queries, replace=False))
         query = query.subset(idx, f"{query.name}-q{limit_queries}")
     weights = getattr(transform, "backbone_weights", None)  # a fine-tuned backbone's file
-    qf = dataset_features(query, size=size, progress=progress, weights=weights)
-    dbf = (
-        None
-        if splits.database is None
-        else dataset_features(splits.database, size=size, progress=progress, weights=weights)
-    )
+    qf = dataset_features(query, size=size, progress=progress, weights=weights, skip_failed=True)
+    query, qf, skipped = drop_unreadable(query, qf)
+    database, dbf = splits.database, None
+    if database is not None:
+        dbf = dataset_features(
+            database, size=size, progress=progress, weights=weights, skip_failed=True
+        )
+        database, dbf, db_skipped = drop_unreadable(database, dbf)
+        skipped += db_skipped
+    if skipped:  # as `cbir index` reports the files it could not read
+        print(
+            f"cbir evaluate: skipped {len(skipped)} image(s) that cannot be read:", file=sys.stderr
+        )
+        for line in skipped[:20]:
+            print(f"  failed: {line}", file=sys.stderr)
     if hasattr(transform, "backbone"):
         from cbir.backbones.registry import open_backbone
 
@@ -143,12 +176,16 @@ def evaluate(
             raise CbirError(f"{model} was trained on another backbone; retrain it with this cbir")
     t1 = time.perf_counter()
     m = evaluate_features(
-        transform, qf, query.labels,
-        dbf, None if splits.database is None else splits.database.labels,
-        proto, progress=progress,
+        transform,
+        qf,
+        query.labels,
+        dbf,
+        None if database is None else database.labels,
+        proto,
+        progress=progress,
         **({} if map_at is None else {"map_at": tuple(map_at)}),
         rerank=rerank,
-    )  # fmt: skip
+    )
     t2 = time.perf_counter()
     metrics = {k: v for k, v in m.items() if k not in ("curves",) and not k.startswith("n_")}
     summary = {
@@ -163,12 +200,20 @@ def evaluate(
         "n_queries": m["n_queries"],
         "n_queries_no_relevant": m.get("n_queries_no_relevant", 0),
         "n_database": m["n_database"],
+        "skipped": skipped,
         "seconds": {
             "features": round(t1 - t0, 2),
             "metrics": round(t2 - t1, 2),
             "total": round(t2 - t0, 2),
         },
     }
-    context = {"curves": m.get("curves", {}), "splits": splits, "query_set": query, "transform": transform,
-               "query_features": qf, "database_features": dbf, "protocol": proto}  # fmt: skip
+    context = {
+        "curves": m.get("curves", {}),
+        "splits": replace(splits, query=query, database=database),
+        "query_set": query,
+        "transform": transform,
+        "query_features": qf,
+        "database_features": dbf,
+        "protocol": proto,
+    }
     return summary, context

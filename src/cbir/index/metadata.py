@@ -38,6 +38,7 @@ import json
 import os
 import re
 import sqlite3
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -313,8 +314,10 @@ def exif_from_bytes(data: bytes) -> dict[str, Any]:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return exif_fields(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. DecompressionBombWarning: decode() reports it
+            with Image.open(io.BytesIO(data)) as img:
+                return exif_fields(img)
     except Exception:
         return {}
 
@@ -324,8 +327,10 @@ def exif_from_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
-            return exif_fields(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. DecompressionBombWarning: decode() reports it
+            with Image.open(path) as img:
+                return exif_fields(img)
     except Exception:
         return {}
 
@@ -395,9 +400,13 @@ def write_meta(
             "INSERT INTO image_meta(image_id, sidecar, exif, fields) VALUES (?, ?, ?, ?)"
             " ON CONFLICT(image_id) DO UPDATE SET sidecar = excluded.sidecar,"
             " exif = excluded.exif, fields = excluded.fields",
-            (image_id, json.dumps(side, ensure_ascii=False), json.dumps(ex, ensure_ascii=False),
-             json.dumps(fields, ensure_ascii=False)),
-        )  # fmt: skip
+            (
+                image_id,
+                json.dumps(side, ensure_ascii=False),
+                json.dumps(ex, ensure_ascii=False),
+                json.dumps(fields, ensure_ascii=False),
+            ),
+        )
         conn.executemany(
             "INSERT OR IGNORE INTO meta_fields(name) VALUES (?)", [(k,) for k in fields]
         )
