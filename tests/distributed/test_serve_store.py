@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from cbir.distributed.cli import sync_store
+from cbir.distributed.stores import sync_store
 from cbir.index.store import IndexStore
 from cbir.service.app import create_app
 

@@ -80,7 +80,7 @@ def live_server(app) -> Iterator[str]:
     """Run ``app`` on uvicorn in a thread on a free loopback port; yields its base URL."""
     import uvicorn
 
-    from cbir.service.cli import bind
+    from cbir.cli.serve import bind
 
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]

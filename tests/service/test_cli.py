@@ -67,7 +67,7 @@ def test_served_connections_have_tcp_nodelay():
     """Without TCP_NODELAY, Nagle + delayed ACK add ~40 ms to a response sent in two writes."""
     import asyncio
 
-    from cbir.service.cli import bind
+    from cbir.cli.serve import bind
 
     async def accepted_nodelay() -> int:
         got: asyncio.Future[int] = asyncio.get_running_loop().create_future()

@@ -17,7 +17,6 @@ target; it is stored in the index meta as ``{"score": t, ...}`` and the service 
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
@@ -118,7 +117,7 @@ def calibrate(
                 mode=backbone.preprocess.mode,
                 progress=progress,
                 weights=backbone.weights_file,
-            )  # fmt: skip
+            )
         )
         g, q, n = feats(gallery, "g"), feats(queries, "q"), feats(negatives, "n")
         gen = _generated_rejects(split, labels, max(10, len(negatives) // 4), size, rng)
@@ -165,20 +164,3 @@ def calibrate(
         return result
     finally:
         store.close()
-
-
-def cmd_calibrate(args: Any) -> int:
-    import json
-
-    res = calibrate(args.index_dir, args.dataset, args.precision, args.seed, args.limit,
-                    progress=False if args.json else None)  # fmt: skip
-    if args.json:
-        print(json.dumps(res, indent=2))
-    else:
-        print(f"threshold {res['score']:.4f}: precision {res['precision']:.3f} (target {args.precision}),"
-              f" keeps {res['recall']:.1%} of right answers, rejects {res['negatives_rejected']:.1%}"
-              f" of {res['negatives'] + res['generated_rejects']} negatives")  # fmt: skip
-        print(
-            f"stored in {args.index_dir}; `cbir serve` answers 'no match' below it", file=sys.stderr
-        )
-    return 0

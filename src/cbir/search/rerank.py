@@ -32,7 +32,6 @@ within the pool). Memory is bounded by the batch: evaluating 10,000 queries agai
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -112,64 +111,6 @@ def make_rerank(mode: str | None, **params: Any) -> Rerank | None:
     if mode not in MODES:
         raise CbirError(f"unknown --rerank {mode!r}; use qe, alpha-qe (aqe) or kreciprocal")
     return Rerank(MODES[mode], **{k: v for k, v in params.items() if v is not None})
-
-
-# ------------------------------------------------------------------ CLI options
-def add_rerank_arguments(sp_: argparse.ArgumentParser) -> None:
-    """``--rerank MODE`` and its parameters, shared by ``cbir search`` and ``cbir evaluate``."""
-    g = sp_.add_argument_group("re-ranking")
-    g.add_argument(
-        "--rerank",
-        default=None,
-        choices=sorted(MODES),
-        help="qe: average query expansion; alpha-qe (aqe): alpha-weighted QE; kreciprocal: k-reciprocal re-ranking",
-    )
-    g.add_argument(
-        "--rerank-n",
-        type=int,
-        default=None,
-        metavar="N",
-        help="QE: vectors averaged, the query counted first (default 10; 1 = plain search)",
-    )
-    g.add_argument(
-        "--rerank-alpha",
-        type=float,
-        default=None,
-        metavar="A",
-        help="alpha-QE: similarity exponent (default 3; 0 = average QE)",
-    )
-    g.add_argument(
-        "--rerank-k1", type=int, default=None, metavar="K", help="k-reciprocal: k1 (default 20)"
-    )
-    g.add_argument(
-        "--rerank-k2",
-        type=int,
-        default=None,
-        metavar="K",
-        help="k-reciprocal: k2, local query expansion (default 6)",
-    )
-    g.add_argument(
-        "--rerank-lambda",
-        type=float,
-        default=None,
-        metavar="L",
-        help="k-reciprocal: weight of the original distance (default 0.3)",
-    )
-    g.add_argument(
-        "--rerank-shortlist",
-        type=int,
-        default=None,
-        metavar="N",
-        help="k-reciprocal: results re-ranked per query (default 100)",
-    )
-
-
-def rerank_from_args(args: argparse.Namespace) -> Rerank | None:
-    """The :class:`Rerank` the options of :func:`add_rerank_arguments` ask for."""
-    return make_rerank(
-        getattr(args, "rerank", None), n=args.rerank_n, alpha=args.rerank_alpha, k1=args.rerank_k1,
-        k2=args.rerank_k2, lam=args.rerank_lambda, shortlist=args.rerank_shortlist,
-    )  # fmt: skip
 
 
 # ------------------------------------------------------------------ numpy core

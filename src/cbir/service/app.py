@@ -253,11 +253,9 @@ def open_searcher(index_dir: str | os.PathLike[str], store: str | None = None) -
     ``shards:DIR``) as ``cbir search --store`` has it."""
     if not store:
         return Searcher(index_dir)
-    import argparse
+    from cbir.distributed.stores import open_store_searcher
 
-    from cbir.distributed.cli import open_searcher as store_searcher
-
-    return store_searcher(argparse.Namespace(index_dir=str(index_dir), store=store, tag=[]))
+    return open_store_searcher(index_dir, store)
 
 
 def one_omp_thread() -> None:
@@ -366,7 +364,7 @@ class Service:
     def after_write(self) -> None:
         """Bring ``--store`` (Milvus collection, shard files) in step, then reload."""
         if self.store_spec:
-            from cbir.distributed.cli import sync_store
+            from cbir.distributed.stores import sync_store
 
             milvus = getattr(self.searcher, "milvus", None)
             if milvus is not None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cbir.cli.common import AddCommand
 from cbir.errors import CbirError
 
 
@@ -42,16 +42,33 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CbirError(f"unknown method {args.method!r}; known: {', '.join(all_methods())}")
     bits = _ints(args.bits)
     base = dict(
-        dataset=args.dataset, protocol=args.protocol, method=args.method, dim=args.dim,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-        schedule=args.schedule, warmup=args.warmup, weight_decay=args.weight_decay,
-        hidden=_ints(args.hidden) if args.hidden else [], dropout=args.dropout, seed=args.seed,
-        size=args.size, train_limit=args.train_limit, query_limit=args.query_limit,
-        database_limit=args.database_limit, eval_every=args.eval_every,
-        loss_options=_options(args.loss_option), sampler=args.sampler, miner=args.miner,
-        memory_bank=args.memory_bank, tsne_points=args.tsne_points, feedback=args.feedback,
+        dataset=args.dataset,
+        protocol=args.protocol,
+        method=args.method,
+        dim=args.dim,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        warmup=args.warmup,
+        weight_decay=args.weight_decay,
+        hidden=_ints(args.hidden) if args.hidden else [],
+        dropout=args.dropout,
+        seed=args.seed,
+        size=args.size,
+        train_limit=args.train_limit,
+        query_limit=args.query_limit,
+        database_limit=args.database_limit,
+        eval_every=args.eval_every,
+        loss_options=_options(args.loss_option),
+        sampler=args.sampler,
+        miner=args.miner,
+        memory_bank=args.memory_bank,
+        tsne_points=args.tsne_points,
+        feedback=args.feedback,
         feedback_weight=args.feedback_weight,
-    )  # fmt: skip
+    )
     if args.captions and args.method not in JOINT:
         raise CbirError(
             f"--captions trains a joint image-text space: use --method {' or '.join(JOINT)}"
@@ -59,8 +76,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     base.update(
         captions=args.captions, text_hidden=_ints(args.text_hidden) if args.text_hidden else []
     )
-    base.update(finetune=args.finetune, backbone_lr=args.backbone_lr, freeze_blocks=args.freeze_blocks,
-                augment=args.augment, holdout=args.holdout)  # fmt: skip
+    base.update(
+        finetune=args.finetune,
+        backbone_lr=args.backbone_lr,
+        freeze_blocks=args.freeze_blocks,
+        augment=args.augment,
+        holdout=args.holdout,
+    )
     progress = False if args.json else None
     out = Path(args.out)
     configs = [TrainConfig(bits=b, **base) for b in bits]
@@ -86,12 +108,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                 for k in ("map", "p@h2", "map@r", "recall@1", "nmi", *JOINT_FIGURES)
                 if k in m
             )
-            print(f"{cfg.method} {cfg.bits if cfg.kind() == 'binary' else cfg.dim}: {figs}"
-                  f"  (train {res['train_seconds']} s) -> {run}")  # fmt: skip
+            print(
+                f"{cfg.method} {cfg.bits if cfg.kind() == 'binary' else cfg.dim}: {figs}"
+                f"  (train {res['train_seconds']} s) -> {run}"
+            )
             if "feedback" in res:
                 fb = res["feedback"]
-                print(f"feedback from {fb['index']}: {fb['judgements']} judgements, {fb['positive_pairs']} positive and"
-                      f" {fb['negative_pairs']} negative pairs, {fb['skipped']} skipped")  # fmt: skip
+                print(
+                    f"feedback from {fb['index']}: {fb['judgements']} judgements, {fb['positive_pairs']} positive and"
+                    f" {fb['negative_pairs']} negative pairs, {fb['skipped']} skipped"
+                )
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2, default=float))
     return 0
@@ -100,8 +126,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from cbir.train.plots import redraw
 
-    written = redraw(args.run_dir, tsne=not args.no_tsne, points=args.points, perplexity=args.perplexity,
-                     progress=False if args.json else None)  # fmt: skip
+    written = redraw(
+        args.run_dir,
+        tsne=not args.no_tsne,
+        points=args.points,
+        perplexity=args.perplexity,
+        progress=False if args.json else None,
+    )
     if args.json:
         print(json.dumps(written, indent=2))
     else:
@@ -110,7 +141,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(add: Callable[..., Any]) -> None:
+def register(add: AddCommand) -> None:
+    """Add ``cbir train`` and ``cbir plot``."""
     sp = add(
         "train",
         cmd_train,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
-from typing import Any
 
+from cbir.cli.common import AddCommand
 from cbir.errors import CbirError
 
 
@@ -30,7 +29,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(add: Callable[..., Any]) -> None:
+def register(add: AddCommand) -> None:
+    """Add ``cbir describe``."""
     sp = add(
         "describe",
         cmd_describe,

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from typing import Any
+
+from cbir.cli.common import AddCommand
+from cbir.cli.rerank import add_rerank_arguments, rerank_from_args
+from cbir.errors import CbirError
 
 
 def _ints(text: str | None) -> tuple[int, ...] | None:
     if not text:
         return None
-    from cbir.errors import CbirError
-
     try:
         return tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError as e:
@@ -24,14 +24,19 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cbir.eval.report import dumps, write_report
     from cbir.eval.run import evaluate
-    from cbir.search.rerank import rerank_from_args
 
     progress = False if args.json else None
     summary, context = evaluate(
-        args.dataset, args.protocol, args.model, size=args.size, seed=args.seed,
-        progress=progress, limit_queries=args.limit_queries, map_at=_ints(args.map_at),
+        args.dataset,
+        args.protocol,
+        args.model,
+        size=args.size,
+        seed=args.seed,
+        progress=progress,
+        limit_queries=args.limit_queries,
+        map_at=_ints(args.map_at),
         rerank=rerank_from_args(args),
-    )  # fmt: skip
+    )
     summary["ties"] = summary["metrics"].pop("ties", "map is tie-aware (McSherry & Najork 2008)")
     if args.report:
         write_report(args.report, summary, context)
@@ -42,8 +47,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"model:    {summary['model']}")
     if summary.get("rerank"):
         print("rerank:   " + ", ".join(f"{k}={v}" for k, v in summary["rerank"].items()))
-    print(f"queries:  {summary['n_queries']}  database: {summary['n_database']}"
-          f"  (queries with no relevant item, excluded: {summary['n_queries_no_relevant']})")  # fmt: skip
+    print(
+        f"queries:  {summary['n_queries']}  database: {summary['n_database']}"
+        f"  (queries with no relevant item, excluded: {summary['n_queries_no_relevant']})"
+    )
     for k, v in summary["metrics"].items():
         if isinstance(v, float):
             print(f"  {k:<14} {v:.4f}")
@@ -70,7 +77,8 @@ def cmd_protocols(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(add: Callable[..., Any]) -> None:
+def register(add: AddCommand) -> None:
+    """Add ``cbir evaluate`` and ``cbir protocols``."""
     sp = add(
         "evaluate",
         cmd_evaluate,
@@ -116,8 +124,6 @@ def register(add: Callable[..., Any]) -> None:
         help="write JSON, Markdown and PNG plots here",
     )
     sp.add_argument("--json", action="store_true", help="print the figures as JSON")
-    from cbir.search.rerank import add_rerank_arguments
-
     add_rerank_arguments(sp)  # --rerank qe|alpha-qe|kreciprocal and its parameters
     add(
         "protocols",

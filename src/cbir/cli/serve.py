@@ -9,13 +9,11 @@ import os
 import socket
 import stat
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cbir.cli.common import AddCommand
 from cbir.errors import CbirError
-
-AddCommand = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 
 
 def read_api_key(path: str) -> str:
@@ -139,9 +137,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             svc.close()  # each worker opens the index itself
             os.environ[WORKER_ENV] = json.dumps(settings)
             config = uvicorn.Config(
-                "cbir.service.cli:worker_app", factory=True, workers=args.workers,
-                lifespan="on", **log,
-            )  # fmt: skip
+                "cbir.cli.serve:worker_app",
+                factory=True,
+                workers=args.workers,
+                lifespan="on",
+                **log,
+            )
             Multiprocess(config, sockets=[sock]).run()
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after a graceful shutdown
         pass
@@ -150,7 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register(add: AddCommand) -> None:
-    """Add ``cbir serve`` to the main CLI."""
+    """Add ``cbir serve``."""
     sp = add(
         "serve",
         cmd_serve,
@@ -173,32 +174,26 @@ def register(add: AddCommand) -> None:
     sp.add_argument(
         "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
     )
-    sp.add_argument("--store", default=None, metavar="milvus:URI|shards:DIR",
-                    help="answer searches from this Milvus collection or these shard files, as"
-                    " `cbir search --store` does (adds and deletes keep it in step)")  # fmt: skip
-    sp.add_argument("--workers", type=int, default=1, metavar="N",
-                    help="server processes sharing the port, each with its own copy of the"
-                    " search index (default 1; /metrics counts the process that answers)")  # fmt: skip
-    sp.add_argument("--embed-threads", type=int, default=None, metavar="N",
-                    help="onnxruntime threads per uploaded query (default: all cores; 1 gives"
-                    " the most uploads per second when several arrive at once)")  # fmt: skip
-
-    from cbir.search.calibrate import cmd_calibrate
-
-    sp = add(
-        "calibrate",
-        cmd_calibrate,
-        "Set the index's 'no match' threshold from labelled data (held-out classes and generated rejects as negatives).",
-    )
-    sp.add_argument("index_dir", help="index directory (its model scores the calibration images)")
     sp.add_argument(
-        "--dataset", required=True, help="labelled dataset: registered name or ImageFolder path"
+        "--store",
+        default=None,
+        metavar="milvus:URI|shards:DIR",
+        help="answer searches from this Milvus collection or these shard files, as"
+        " `cbir search --store` does (adds and deletes keep it in step)",
     )
     sp.add_argument(
-        "--precision", type=float, default=0.9, help="precision of the answers kept (default 0.9)"
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="server processes sharing the port, each with its own copy of the"
+        " search index (default 1; /metrics counts the process that answers)",
     )
-    sp.add_argument("--seed", type=int, default=0, help="seed of the class and image split")
     sp.add_argument(
-        "--limit", type=int, default=4000, help="images of the dataset used (default 4000)"
+        "--embed-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="onnxruntime threads per uploaded query (default: all cores; 1 gives"
+        " the most uploads per second when several arrive at once)",
     )
-    sp.add_argument("--json", action="store_true")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 
-AddCommand = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
+from cbir.cli.common import AddCommand
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -22,7 +21,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def register(add: AddCommand) -> None:
-    """Add the ``check`` subcommand."""
+    """Add ``cbir check``."""
     sp = add(
         "check",
         cmd_check,
