@@ -10,6 +10,7 @@ from cbir.cli.common import AddCommand
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Calibrate and store the threshold; print it."""
     from cbir.search.calibrate import calibrate
 
     res = calibrate(

@@ -22,6 +22,7 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate and print (or write) the figures."""
     from cbir.eval.report import dumps, write_report
     from cbir.eval.run import evaluate
 
@@ -64,6 +65,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_protocols(args: argparse.Namespace) -> int:
+    """Print every evaluation protocol."""
     from cbir.eval.protocols import ALL_VS_ALL, protocols
 
     for p in [*protocols(), ALL_VS_ALL]:

@@ -9,6 +9,7 @@ from cbir.cli.shard import add_index_options
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    """Index ``images_dir`` into ``--index``; exit 1 when the folder holds no image."""
     from cbir.distributed.engine import engine_for
     from cbir.distributed.stores import sync_store
     from cbir.pipeline import index_folder

@@ -10,6 +10,7 @@ from cbir.cli.common import AddCommand, human_bytes, print_json
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """Print the index's count, dimension, backbone, model, type and size."""
     from cbir.index.store import IndexStore
 
     store = IndexStore.open(args.index_dir)
@@ -67,6 +68,7 @@ def _metadata_info(store: Any) -> dict[str, Any]:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
+    """Print each dataset layout and the folders it looks in."""
     from cbir.data.registry import layouts
 
     rows = []

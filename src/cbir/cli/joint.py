@@ -10,6 +10,7 @@ from cbir.errors import CbirError
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
+    """Print the captions ranked for the image."""
     from cbir.search.joint import image_to_text
 
     captions: list[str] = list(args.caption or [])

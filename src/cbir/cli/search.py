@@ -12,6 +12,7 @@ from cbir.errors import CbirError
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    """Print the results of each query; exit 1 when every query failed."""
     from cbir.search.searcher import Searcher
 
     text, where = args.text, args.where

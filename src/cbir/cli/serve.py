@@ -91,6 +91,7 @@ def worker_app() -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the index until interrupted."""
     import uvicorn
 
     if args.max_upload_mb <= 0:

@@ -86,6 +86,7 @@ def open_searcher(args: argparse.Namespace) -> Searcher | None:
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
+    """Split the index into shard files and print them."""
     from cbir.distributed.shards import ShardedIndex
     from cbir.index.store import IndexStore
 

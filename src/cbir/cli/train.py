@@ -36,6 +36,7 @@ JOINT_FIGURES = tuple(f"{d}_recall@{k}" for d in ("i2t", "t2i") for k in (1, 5, 
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train one run per code length; print its figures."""
     from cbir.train.trainer import JOINT, TrainConfig, all_methods, load_data, train
 
     if args.method not in all_methods():
@@ -124,6 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    """Redraw a run's plots; print the files written."""
     from cbir.train.plots import redraw
 
     written = redraw(
