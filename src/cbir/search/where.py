@@ -20,8 +20,10 @@ text, ``_`` one character). An image without the field never matches a compariso
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +43,10 @@ COLUMNS = {
 OPS = ("<=", ">=", "!=", "<>", "==", "=", "<", ">")
 MAX_FILTER_CHARS = 2000
 MAX_TERMS = 64
+#: Deepest nesting of ``not`` and parentheses (SQLite's parser stack overflows near 12).
+MAX_DEPTH = 8
+#: SQLite's INTEGER range: a larger Python int cannot be bound as a parameter.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 _TOKEN = re.compile(
     r"""\s*(?:
@@ -80,11 +86,16 @@ def _tokens(text: str) -> list[tuple[str, str]]:
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
             bad = text[pos:].strip()[:20]
-            raise CbirError(f"--where {text!r}: unexpected {bad!r}; {HELP}")
+            raise CbirError(f"--where {_shown(text)}: unexpected {bad!r}; {HELP}")
         kind = m.lastgroup or ""
         out.append((kind, m.group(kind)))
         pos = m.end()
     return out
+
+
+def _shown(text: str, n: int = 100) -> str:
+    """``text`` quoted for a message, cut to ``n`` characters."""
+    return repr(text) if len(text) <= n else repr(text[:n]) + f"... ({len(text)} characters)"
 
 
 def _unquote(s: str) -> str:
@@ -102,9 +113,10 @@ class _Parser:
         self.params: list[Any] = []
         self.used: list[str] = []
         self.terms = 0
+        self.depth = 0
 
     def error(self, what: str) -> CbirError:
-        return CbirError(f"--where {self.text!r}: {what}; {HELP}")
+        return CbirError(f"--where {_shown(self.text)}: {what}; {HELP}")
 
     def peek(self) -> tuple[str, str] | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -145,16 +157,30 @@ class _Parser:
 
     def not_(self) -> str:
         if self.keyword("not"):
-            return f"(NOT COALESCE({self.not_()}, 0))"
+            with self.nested():
+                return f"(NOT COALESCE({self.not_()}, 0))"
         t = self.peek()
         if t == ("paren", "("):
             self.i += 1
-            inner = self.or_()
+            with self.nested():
+                inner = self.or_()
             if self.peek() != ("paren", ")"):
                 raise self.error("a '(' is not closed")
             self.i += 1
             return inner
         return self.comparison()
+
+    @contextlib.contextmanager
+    def nested(self) -> Iterator[None]:
+        """One level of ``not`` or parentheses; at most MAX_DEPTH (SQLite's parser and
+        Python's stack both have limits)."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.error(f"'not' and parentheses nested more than {MAX_DEPTH} deep")
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     def comparison(self) -> str:
         self.terms += 1
@@ -167,7 +193,7 @@ class _Parser:
         if field not in COLUMNS and field not in self.fields:
             known = sorted(set(COLUMNS) | self.fields)
             raise CbirError(
-                f"--where {self.text!r}: unknown field {name!r}; this index knows"
+                f"--where {_shown(self.text)}: unknown field {name!r}; this index knows"
                 f" {', '.join(known)}"
             )
         self.used.append(field)
@@ -195,7 +221,12 @@ class _Parser:
     def value(self) -> Any:
         kind, v = self.take()
         if kind == "num":
-            return float(v) if any(c in v for c in ".eE") else int(v)
+            if any(c in v for c in ".eE"):
+                return float(v)
+            n = int(v)
+            if not INT_MIN <= n <= INT_MAX:
+                raise self.error(f"the integer {_shown(v, 24)} is outside SQLite's 64-bit range")
+            return n
         if kind == "str":
             return _unquote(v)
         if kind == "word" and v.lower() not in ("and", "or", "not"):
@@ -239,4 +270,11 @@ def matching_ids(conn: sqlite3.Connection, where: Where) -> set[int]:
     sql, params = filter_sql(where)
     if not has_tables(conn):  # an old (schema 1) index opened read-only: no metadata
         sql = sql.replace(" image_meta m ", " (SELECT NULL AS image_id, NULL AS fields) m ")
-    return {int(r[0]) for r in conn.execute(sql, params)}
+    try:
+        return {int(r[0]) for r in conn.execute(sql, params)}
+    except sqlite3.OperationalError as e:  # a limit of SQLite's (depth, size), not the data
+        if any(w in str(e) for w in ("locked", "I/O", "malformed", "decode")):
+            raise
+        raise CbirError(
+            f"--where {_shown(where.text)}: SQLite cannot run it ({e}); simplify it"
+        ) from None
