@@ -32,3 +32,16 @@ class IndexWriteError(CbirError):
 
     Raised before or instead of a commit: the last committed state is intact.
     """
+
+
+class IndexDamagedError(CbirError):
+    """The index's database holds what cbir never writes (flipped bytes, a row missing a
+    field): say which file, and that ``cbir check`` and a backup or a re-index are the way on.
+    """
+
+    def __init__(self, db: object, what: str) -> None:
+        root = getattr(db, "parent", "INDEX")  # a Path: its folder is the index
+        super().__init__(
+            f"{db}: the index database is damaged ({what}); run `cbir check {root}`, then"
+            " restore the index from a backup or re-index the images into a new --index folder"
+        )

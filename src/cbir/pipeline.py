@@ -90,11 +90,14 @@ def create_or_open(
     center: bool | None = None,
     transform: Transform | None = None,
     backbone: str | None = None,
+    n_images: int | None = None,
 ) -> IndexStore:
     """Open ``index_dir``, or create it with the given model and index settings.
 
     Settings given for an existing index must match what it was built with.
     ``backbone``: a registry spec (``cbir.backbones.registry``; default efficientnet-lite0).
+    ``n_images``: how many images are about to be indexed; an index type that cannot be
+    built for them (and those already indexed) is refused before anything is written.
     """
     root = Path(index_dir)
     if IndexStore.exists(root):
@@ -116,6 +119,16 @@ def create_or_open(
             store.get_meta("transform", {}).get("center")
         ):
             raise CbirError(f"{root} was built with a different --center setting")
+        if n_images is not None:
+            try:
+                vector_index.check_index_type(
+                    cfg["index_type"],
+                    vector_index.current_transform(store),
+                    n_images + store.count(),
+                )
+            except CbirError:
+                store.close()
+                raise
         if (
             transform is not None
             and hasattr(transform, "backbone")
@@ -159,6 +172,8 @@ def create_or_open(
     ):
         raise CbirError("the model was trained on another backbone; retrain it with this cbir")
     transform = transform or FrozenTransform(dim=bb.dim, center=bool(center))
+    if n_images is not None:
+        vector_index.check_index_type(index_type or DEFAULT_INDEX_TYPE, transform, n_images)
     config = {
         "backbone": bb.fingerprint,
         "feature_dim": bb.dim,
@@ -198,6 +213,22 @@ def _check_backbone(store: IndexStore, spec: str, size: int | None) -> None:
         )
 
 
+def _remove_new_index(root: Path, before: set[str] | None) -> None:
+    """Remove an index this run created: the folder, or (a folder that was there before)
+    only the entries this run added."""
+    import shutil
+
+    if before is None:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for name in set(os.listdir(root)) - before:
+        p = root / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -232,6 +263,13 @@ def index_folder(
     root = Path(os.path.abspath(os.fspath(images_dir)))
     if not root.exists():
         raise CbirError(f"{images_dir}: no such folder")
+    target = Path(os.path.abspath(os.fspath(index_dir)))
+    fresh = not IndexStore.exists(target)
+    if fresh and not target.parent.is_dir():  # create the index folder, never a chain
+        raise CbirError(
+            f"{index_dir}: its parent folder {target.parent} does not exist; create it first"
+        )
+    before = set(os.listdir(target)) if fresh and target.is_dir() else None
     files = find_images(root)
     if not files and not IndexStore.exists(index_dir):
         raise CbirError(
@@ -247,7 +285,13 @@ def index_folder(
         if index_type is None and not IndexStore.exists(index_dir) and transform.kind == "sparse":
             index_type = "Inverted"  # posting lists over the active units (cbir.index.sparse)
     store = create_or_open(
-        index_dir, index_type, size, center, transform=transform, backbone=backbone
+        index_dir,
+        index_type,
+        size,
+        center,
+        transform=transform,
+        backbone=backbone,
+        n_images=len(files),
     )
     summary = IndexSummary(images_dir=str(root), index_dir=str(index_dir), found=len(files))
     store.lock()
@@ -255,7 +299,17 @@ def index_folder(
         _index_files(
             store, root, files, summary, batch_size, workers, commit_every, progress, engine
         )
-        vector_index.refresh(store)
+        try:
+            vector_index.refresh(store)
+        except Exception as e:  # a new index whose search index cannot be built: roll back
+            if not fresh:
+                raise
+            store.close()
+            _remove_new_index(target, before)
+            why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise CbirError(
+                f"{index_dir}: the search index could not be built ({why}); nothing was kept"
+            ) from None
         store.compact()
         summary.total = store.count()
     finally:

@@ -8,12 +8,14 @@ Each module of :mod:`cbir.cli` adds its subcommands with ``register(add)``, wher
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from cbir.cli import calibrate, check, evaluate, index, info, joint, search, serve, shard, train
 from cbir.cli.common import AddCommand, one_line
-from cbir.errors import CbirError
+from cbir.errors import CbirError, IndexDamagedError
 
 #: Who adds subcommands, in help order: index, search, info, datasets, evaluate,
 #: protocols, train, plot, describe, serve, calibrate, shard, check.
@@ -50,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _database_error(args: argparse.Namespace, e: sqlite3.DatabaseError) -> CbirError:
+    """A one-line error for a SQLite failure that escaped the store, naming its file."""
+    index = getattr(args, "index", None) or getattr(args, "index_dir", None)
+    db = Path(index, "meta.sqlite") if isinstance(index, str) else "the index database"
+    if isinstance(e, sqlite3.OperationalError):  # locked, I/O: not damage
+        return CbirError(f"{db}: SQLite: {e}; try again, or run `cbir check {index or 'INDEX'}`")
+    return IndexDamagedError(db, str(e))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cbir`` with ``argv`` (default: ``sys.argv[1:]``); the exit status."""
     for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print escaped
@@ -61,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CbirError as e:
         print(f"cbir: error: {one_line(str(e))}", file=sys.stderr)
+        return 1
+    except sqlite3.DatabaseError as e:  # SQLite found the index database damaged (or busy)
+        print(f"cbir: error: {one_line(str(_database_error(args, e)))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cbir: interrupted; everything committed so far is kept", file=sys.stderr)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from cbir.errors import CbirError, IndexWriteError
+from cbir.errors import CbirError, IndexDamagedError, IndexWriteError
 from cbir.index import metadata
 from cbir.utils import atomic_write_bytes, fsync_dir
 
@@ -111,6 +111,37 @@ def _schema(conn: sqlite3.Connection) -> Any:
     return json.loads(conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0])
 
 
+def _text_factory(db: Path) -> Any:
+    """SQLite text as ``str``; text that is not UTF-8 (damaged pages) is IndexDamagedError."""
+
+    def text(b: bytes) -> str:
+        try:
+            return str(b, "utf-8")
+        except UnicodeDecodeError:
+            shown = b[:60].decode("utf-8", "backslashreplace")
+            raise IndexDamagedError(db, f"a stored text is not UTF-8: {shown!r}") from None
+
+    return text
+
+
+def config_problem(config: Any) -> str | None:
+    """What is wrong with a stored ``config`` (None: nothing cbir would trip over)."""
+    if not isinstance(config, dict):
+        return f"meta 'config' is {type(config).__name__}, not an object"
+    bb = config.get("backbone")
+    if (
+        not isinstance(bb, dict)
+        or "backbone" not in bb
+        or not isinstance(bb.get("preprocess"), dict)
+    ):
+        return "meta 'config' has no backbone fingerprint"
+    if not isinstance(config.get("feature_dim"), int) or not isinstance(
+        config.get("index_type"), str
+    ):
+        return "meta 'config' lacks feature_dim or index_type"
+    return None
+
+
 def _npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a, dtype=np.float32), allow_pickle=False)
@@ -136,6 +167,7 @@ class IndexStore:
             root / DB_NAME, timeout=60, isolation_level=None, check_same_thread=False
         )
         conn.row_factory = sqlite3.Row
+        conn.text_factory = _text_factory(root / DB_NAME)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=60000")
@@ -153,6 +185,7 @@ class IndexStore:
             uri, uri=True, timeout=60, isolation_level=None, check_same_thread=False
         )
         conn.row_factory = sqlite3.Row
+        conn.text_factory = _text_factory(root / DB_NAME)
         return conn
 
     @classmethod
@@ -233,11 +266,11 @@ class IndexStore:
                 why = (
                     os.strerror(errno.ENOSPC) if full else f"it cannot be opened for writing ({e})"
                 )
-        except (sqlite3.Error, TypeError) as e:
+        except (sqlite3.Error, TypeError, ValueError) as e:
             hint = (
                 " (a read-only copy with a pending journal: open it once with write access)"
                 if why
-                else ""
+                else f"; run `cbir check {root}`, restore it from a backup or re-index"
             )
             raise CbirError(f"{root / DB_NAME}: not a readable cbir index ({e}){hint}") from None
         if schema != SCHEMA_VERSION and not (schema in MIGRATIONS and schema < SCHEMA_VERSION):
@@ -268,7 +301,10 @@ class IndexStore:
     # ------------------------------------------------------------------ meta
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return default if row is None else json.loads(row[0])
+        try:
+            return default if row is None else json.loads(row[0])
+        except ValueError as e:
+            raise IndexDamagedError(self.root / DB_NAME, f"meta {key!r} is not JSON: {e}") from None
 
     def _set_meta(self, key: str, value: Any) -> None:
         self.conn.execute(
@@ -283,7 +319,12 @@ class IndexStore:
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.get_meta("config")
+        """The stored model and index settings; IndexDamagedError when they are unusable."""
+        config = self.get_meta("config")
+        problem = config_problem(config)
+        if problem:
+            raise IndexDamagedError(self.root / DB_NAME, problem)
+        return config
 
     @property
     def generation(self) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cbir.errors import IndexWriteError
+from cbir.errors import CbirError, IndexWriteError
 from cbir.heads.transform import Transform, load_transform, spec_digest
 from cbir.index import faiss_index as fi
 from cbir.index.store import IndexStore
@@ -243,3 +243,21 @@ def index_file_size(store: IndexStore) -> int:
     fa = store.get_meta("faiss") or {}
     p = store.root / fa.get("file", "-")
     return os.path.getsize(p) if p.exists() else 0
+
+
+def check_index_type(index_type: str, transform: Transform, n: int) -> None:
+    """Refuse, before anything is embedded, an index type that ``n`` images cannot build.
+
+    Making the empty index checks the type string; one that needs training needs enough
+    vectors for faiss's k-means (IVFn: n; PQ: 2**nbits per sub-quantiser, 256 by default).
+    """
+    index = _make(index_type, transform)
+    if getattr(index, "is_trained", True):
+        return
+    need = fi._min_train(index_type)
+    if n < need:
+        raise CbirError(
+            f"--index-type {index_type!r} needs at least {need} images to train and the"
+            f" collection would have {n}; nothing was indexed. Use --index-type Flat (exact)"
+            " or a smaller setting (IVFn needs n images, PQ 256)"
+        )

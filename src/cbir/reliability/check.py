@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from cbir.errors import CbirError
-from cbir.index.store import IndexStore
+from cbir.index.store import DB_NAME, IndexStore, config_problem
 from cbir.utils import sha256_file
 
 #: How many ids of the search index are compared with their stored features.
@@ -150,7 +150,7 @@ def check_index(
 def _generation(store: IndexStore) -> int | None:
     try:
         return store.generation
-    except (sqlite3.Error, ValueError, TypeError):
+    except (sqlite3.Error, ValueError, TypeError, CbirError):
         return None
 
 
@@ -164,6 +164,8 @@ def _check(store: IndexStore, report: CheckReport, hashes: bool) -> None:
         if quick != ["ok"]:
             report.errors.append(f"SQLite quick_check: {'; '.join(quick[:5])}")
             return
+        if not _check_texts(store, report):
+            return
         gen = store.get_meta("generation")
         config = store.get_meta("config")
         fa = store.get_meta("faiss")
@@ -171,8 +173,8 @@ def _check(store: IndexStore, report: CheckReport, hashes: bool) -> None:
             report.errors.append(f"meta 'generation' is {gen!r}, not a generation number")
             return
         report.generation = gen
-        if not isinstance(config, dict) or not isinstance(config.get("feature_dim"), int):
-            report.errors.append(f"meta 'config' is missing or incomplete: {config!r}")
+        if config_problem(config):
+            report.errors.append(f"{root / DB_NAME}: {config_problem(config)}: {config!r}")
             return
         if store.get_meta("transform") is None:
             report.warnings.append("meta 'transform' is missing (read as the frozen backbone)")
@@ -194,6 +196,26 @@ def _check(store: IndexStore, report: CheckReport, hashes: bool) -> None:
     _check_search_index(store, fa, gen, rows, live, report)
     _check_leftovers(root, segments, fa, report)
     _check_files(store, rows, hashes, report)
+
+
+def _check_texts(store: IndexStore, report: CheckReport) -> bool:
+    """Every stored text decodes (the store's text factory raises) and every JSON column
+    parses: flipped bytes inside pages that quick_check cannot see."""
+    db = store.root / DB_NAME
+    for table, column in (("meta", "value"), ("images", "extra"), ("image_meta", "fields")):
+        try:
+            for _row in store.conn.execute(f"SELECT * FROM {table}"):
+                pass
+            bad = store.conn.execute(
+                f"SELECT count(*) FROM {table} WHERE NOT json_valid({column})"
+            ).fetchone()[0]
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):  # image_meta: schema 1, read as it is
+                continue
+            raise
+        if bad:
+            report.errors.append(f"{db}: {bad} row(s) of {table} hold damaged JSON in {column}")
+    return report.ok
 
 
 def _check_segments(
