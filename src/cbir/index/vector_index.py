@@ -257,7 +257,7 @@ def check_index_type(index_type: str, transform: Transform, n: int) -> None:
     need = fi._min_train(index_type)
     if n < need:
         raise CbirError(
-            f"--index-type {index_type!r} needs at least {need} images to train and the"
-            f" collection would have {n}; nothing was indexed. Use --index-type Flat (exact)"
+            f"--index-type {index_type!r} needs at least {need} vectors (images) to train and"
+            f" the collection would have {n}; nothing was indexed. Use --index-type Flat (exact)"
             " or a smaller setting (IVFn needs n images, PQ 256)"
         )
