@@ -46,11 +46,11 @@ def learned_codes(model: str | None, bits: int) -> tuple[np.ndarray, np.ndarray,
     from cbir.heads.learned import LearnedTransform
 
     if model is None:
-        from cbir.train.trainer import TrainConfig, train
+        from cbir.train.trainer import make_config, train
 
         model = tempfile.mkdtemp(prefix="cbir-binary-speed-")
         log(f"training a CSQ {bits}-bit head into {model}")
-        cfg = TrainConfig(
+        cfg = make_config(
             dataset="fashion-mnist", method="csq", bits=bits, epochs=10, eval_every=0, tsne_points=0
         )
         train(cfg, model, progress=False, final_eval=False)
@@ -143,8 +143,10 @@ def main() -> None:
         f"codes: {desc}; {len(base):,} training codes ({uniq:,} distinct) -> {args.n:,} "
         f"(copies flip each bit with p={args.flip}); {len(q):,} test-image queries; exact k={k}"
     )
-    print(f"exact 10-NN distances of the queries: mean d1 {D[:, 0].mean():.2f}, mean d{k} {kth.mean():.2f}, "
-          f"max d{k} {kth.max()}; threads: {args.threads} (faiss OpenMP and numba)")  # fmt: skip
+    print(
+        f"exact 10-NN distances of the queries: mean d1 {D[:, 0].mean():.2f}, mean d{k} {kth.mean():.2f}, "
+        f"max d{k} {kth.max()}; threads: {args.threads} (faiss OpenMP and numba)"
+    )
     print(
         f"{'index':<24}{'q/s':>10}{'x faiss flat':>14}{'recall@10':>11}{'bytes/image':>13}{'build s':>9}"
     )

@@ -34,16 +34,20 @@ from typing import Any
 
 import numpy as np
 
+from cbir.train.config import COMMON, FLAT_DEFAULTS
+from cbir.train.registry import FAMILIES
 from cbir.train.trainer import (
-    HASHING,
-    UNSUPERVISED,
     TrainConfig,
     TrainData,
     evaluate_transform,
     load_data,
+    make_config,
     run_splits,
     train,
 )
+
+HASHING = FAMILIES["hashing"].names()
+UNSUPERVISED = FAMILIES["unsupervised"].names()
 
 
 def _value(text: str) -> Any:
@@ -57,7 +61,7 @@ def parse_sets(pairs: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, An
     """``KEY=VALUE`` (all runs) and ``METHOD:KEY=VALUE`` (one method) overrides."""
     common: dict[str, Any] = {}
     per: dict[str, dict[str, Any]] = {}
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = set(COMMON) | set(FLAT_DEFAULTS)
     for p in pairs:
         key, _, value = p.partition("=")
         method, _, key = key.rpartition(":")
@@ -86,11 +90,16 @@ def backbone_data(base: TrainConfig, run_dir: str, progress: bool) -> TrainData:
     feats = lambda s: np.asarray(dataset_features(s, size=size, progress=progress, weights=weights))  # noqa: E731
     y = tr.labels
     return TrainData(
-        x=feats(tr), y=y, n_classes=int(y.max()) + 1, query=feats(query), query_labels=query.labels,
+        x=feats(tr),
+        y=y,
+        n_classes=int(y.max()) + 1,
+        query=feats(query),
+        query_labels=query.labels,
         database=None if database is None else feats(database),
         database_labels=None if database is None else database.labels,
-        protocol=proto, fingerprint=get_backbone(size, weights=weights).fingerprint,
-    )  # fmt: skip
+        protocol=proto,
+        fingerprint=get_backbone(size, weights=weights).fingerprint,
+    )
 
 
 def main() -> None:
@@ -118,11 +127,19 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="cbir-hashing-"))
     common, per = parse_sets(args.set)
-    base = TrainConfig(
-        dataset="fashion-mnist", protocol=args.protocol, epochs=args.epochs, eval_every=0,
-        size=args.size, holdout=args.holdout, seed=args.seed, tsne_points=0, finetune=args.finetune,
-    )  # fmt: skip
-    base = dataclasses.replace(base, **common)
+    settings = dict(
+        dataset="fashion-mnist",
+        protocol=args.protocol,
+        epochs=args.epochs,
+        eval_every=0,
+        size=args.size,
+        holdout=args.holdout,
+        seed=args.seed,
+        tsne_points=0,
+        finetune=args.finetune,
+    )
+    settings.update(common)
+    base = make_config(settings)
     t = time.perf_counter()
     data = (
         backbone_data(base, args.backbone, False)
@@ -130,10 +147,12 @@ def main() -> None:
         else load_data(base, progress=False)
     )
     what = "validation (held-out training images)" if args.holdout else "test queries"
-    print(f"protocol {args.protocol}, {what}: train {len(data.x)}, queries {len(data.query)}, "
-          f"database {len(data.database)}; backbone weights {data.fingerprint['weights']} at "
-          f"{data.fingerprint['preprocess']['size']} px; features in {time.perf_counter() - t:.1f} s; "
-          f"threads {os.environ.get('OMP_NUM_THREADS', 'default')}")  # fmt: skip
+    print(
+        f"protocol {args.protocol}, {what}: train {len(data.x)}, queries {len(data.query)}, "
+        f"database {len(data.database)}; backbone weights {data.fingerprint['weights']} at "
+        f"{data.fingerprint['preprocess']['size']} px; features in {time.perf_counter() - t:.1f} s; "
+        f"threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
+    )
     from cbir.heads.transform import FrozenTransform
 
     fro = evaluate_transform(FrozenTransform(center=True), data)
@@ -143,15 +162,18 @@ def main() -> None:
     for method in args.methods.split(","):
         for bits in [int(b) for b in args.bits.split(",")]:
             over = per.get(method, {})
-            cfg = dataclasses.replace(base, method=method, bits=bits, **over)
+            cfg = make_config(settings, method=method, bits=bits, **over)
             run = out / f"{method}-{bits}"
             r = train(cfg, run, progress=False, data=data)
             m = r["metrics"]
             r["settings"] = {**common, **over}
             results.append(r)
             shown = " ".join(f"{k}={json.dumps(v)}" for k, v in r["settings"].items())
-            print(f"{method:<14}{bits:>5}{m['map']:>9.4f}{m.get('p@h2', float('nan')):>9.4f}"
-                  f"{r['train_seconds']:>9.1f}{r['eval_seconds']:>8.1f}  {shown}", flush=True)  # fmt: skip
+            print(
+                f"{method:<14}{bits:>5}{m['map']:>9.4f}{m.get('p@h2', float('nan')):>9.4f}"
+                f"{r['train_seconds']:>9.1f}{r['eval_seconds']:>8.1f}  {shown}",
+                flush=True,
+            )
             (out / "summary.json").write_text(
                 json.dumps({"frozen_map": fro["map"], "runs": results}, indent=2, default=float)
             )

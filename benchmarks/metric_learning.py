@@ -44,7 +44,7 @@ import torch
 
 from cbir.eval.protocols import PROTOCOLS
 from cbir.losses.metric import DEFAULT_MINERS, METRIC_LOSSES
-from cbir.train.trainer import TrainConfig, TrainData, evaluate_transform, load_data, train
+from cbir.train.trainer import TrainData, evaluate_transform, load_data, make_config, train
 
 KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "map@r")
 
@@ -118,8 +118,11 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=1e-5)
     ap.add_argument("--train-limit", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--validate", action="store_true",
-                    help="seen-class validation: fit on seen classes 0-2, query seen classes 3-4")  # fmt: skip
+    ap.add_argument(
+        "--validate",
+        action="store_true",
+        help="seen-class validation: fit on seen classes 0-2, query seen classes 3-4",
+    )
     ap.add_argument("--fit-classes", type=int, default=3, help="--validate: classes to fit on")
     ap.add_argument("--finetune", action="store_true", help="add end-to-end fine-tuned rows")
     ap.add_argument("--backbone-lr", type=float, default=1e-4, help="--finetune: backbone lr")
@@ -141,16 +144,29 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
-    base = TrainConfig(
-        dataset=args.dataset, protocol=args.protocol, size=args.size, epochs=args.epochs, dim=args.dim,
-        batch_size=args.batch_size, lr=args.lr, train_limit=args.train_limit, seed=args.seed, eval_every=0,
-        hidden=hidden, dropout=args.dropout, weight_decay=args.weight_decay, tsne_points=0,
-    )  # fmt: skip
+    settings = dict(
+        dataset=args.dataset,
+        protocol=args.protocol,
+        size=args.size,
+        epochs=args.epochs,
+        dim=args.dim,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        train_limit=args.train_limit,
+        seed=args.seed,
+        eval_every=0,
+        hidden=hidden,
+        dropout=args.dropout,
+        weight_decay=args.weight_decay,
+        tsne_points=0,
+    )
+    base = make_config(settings)
     t = time.perf_counter()
     where = "unseen classes"
     val_protocol = f"{args.protocol}-val"
     if args.validate and val_protocol in PROTOCOLS:  # e.g. fashion-mnist-zeroshot-val
-        base = replace(base, protocol=val_protocol)
+        settings["protocol"] = val_protocol
+        base = make_config(settings)
         where = "held-out seen classes (validation; the test split is not read)"
     data = load_data(base, progress=sys.stderr.isatty())
     if args.validate and val_protocol not in PROTOCOLS:
@@ -175,14 +191,17 @@ def main() -> None:
             if args.validate and val_protocol not in PROTOCOLS:
                 continue  # fine-tuning needs the images of the protocol's own splits
             fields = {
-                **fields, "backbone_lr": args.backbone_lr, "epochs": args.finetune_epochs or args.epochs,
-                "freeze_blocks": args.freeze_blocks, "augment": args.augment,
+                **fields,
+                "backbone_lr": args.backbone_lr,
+                "epochs": args.finetune_epochs or args.epochs,
+                "freeze_blocks": args.freeze_blocks,
+                "augment": args.augment,
                 "train_limit": args.finetune_limit or args.train_limit,
-            }  # fmt: skip
+            }
         key = json.dumps(fields, sort_keys=True)
         if key not in done:  # the same run in two tables is trained once
             with tempfile.TemporaryDirectory() as out:
-                cfg = replace(base, **fields)
+                cfg = make_config(settings, **fields)
                 own = cfg.train_limit != base.train_limit  # a subset: its own features and labels
                 done[key] = train(cfg, out, progress=False, data=None if own else data)
         r = done[key]

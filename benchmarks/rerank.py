@@ -34,9 +34,9 @@ def main() -> None:
 
     from cbir.eval.run import evaluate_features, load_model
     from cbir.search.rerank import Rerank
-    from cbir.train.trainer import TrainConfig, load_data
+    from cbir.train.trainer import load_data, make_config
 
-    data = load_data(TrainConfig(dataset="fashion-mnist"), progress=False)
+    data = load_data(make_config(dataset="fashion-mnist"), progress=False)
     q, ql = np.asarray(data.query), data.query_labels
     if args.limit_queries:
         pick = np.sort(np.random.default_rng(0).choice(len(q), args.limit_queries, replace=False))
@@ -58,9 +58,16 @@ def main() -> None:
         for rr in modes:
             t = time.perf_counter()
             m = evaluate_features(
-                transform, q, ql, data.database, data.database_labels, data.protocol,
-                progress=False, nmi=False, rerank=rr,
-            )  # fmt: skip
+                transform,
+                q,
+                ql,
+                data.database,
+                data.database_labels,
+                data.protocol,
+                progress=False,
+                nmi=False,
+                rerank=rr,
+            )
             sec = time.perf_counter() - t
             base = m["map"] if rr is None else base
             change = "" if rr is None else f"{m['map'] - base:+.4f}"

@@ -59,7 +59,7 @@ def main() -> None:
     from cbir.heads.learned import LearnedTransform
     from cbir.heads.transform import FrozenTransform
     from cbir.index.sparse import SparseIndex
-    from cbir.train.trainer import TrainConfig, load_data, train
+    from cbir.train.trainer import load_data, make_config, train
     from cbir.utils import cache_dir
 
     torch.set_num_threads(args.threads)
@@ -67,7 +67,7 @@ def main() -> None:
     base = dict(
         dataset="fashion-mnist", epochs=args.epochs, hidden=[], dim=args.dim, eval_every=0, lr=1e-3
     )
-    data = load_data(TrainConfig(**base), progress=False)
+    data = load_data(make_config(**base), progress=False)
     print(
         f"protocol {data.protocol.name}: {len(data.query)} queries x {len(data.database)} database"
         f" (= training set), backbone features 1280-d; search k=10, one thread"
@@ -85,8 +85,16 @@ def main() -> None:
     t = FrozenTransform(center=True)
     t.fit(np.asarray(data.database))
     if only is None or "frozen" in only:
-        m = evaluate_features(t, data.query, data.query_labels, data.database, data.database_labels,
-                              data.protocol, progress=False, nmi=False)  # fmt: skip
+        m = evaluate_features(
+            t,
+            data.query,
+            data.query_labels,
+            data.database,
+            data.database_labels,
+            data.protocol,
+            progress=False,
+            nmi=False,
+        )
         db, q = t(data.database), t(data.query)
         index = faiss.IndexFlatIP(db.shape[1])
         index.add(db)
@@ -103,14 +111,22 @@ def main() -> None:
         tsec = None
         if args.retrain or not (run / "model.pt").exists():
             t0 = time.perf_counter()
-            cfg = TrainConfig(**{**base, "method": method, "loss_options": opts})
+            cfg = make_config(**{**base, "method": method, "loss_options": opts})
             train(cfg, run, progress=False, data=data, final_eval=False)
             tsec = time.perf_counter() - t0
         else:
             tsec = json.loads((run / "final.json").read_text()).get("train_seconds")
         tr = LearnedTransform.from_path(run)
-        m = evaluate_features(tr, data.query, data.query_labels, data.database, data.database_labels,
-                              data.protocol, progress=False, nmi=False)  # fmt: skip
+        m = evaluate_features(
+            tr,
+            data.query,
+            data.query_labels,
+            data.database,
+            data.database_labels,
+            data.protocol,
+            progress=False,
+            nmi=False,
+        )
         te = time.perf_counter()
         codes_db = tr(data.database)
         codes_q = tr(data.query)
@@ -158,7 +174,7 @@ def main() -> None:
                 for r in rows
             ],
             indent=2,
-        )  # fmt: skip
+        )
     )
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from cbir.data.captions import fashion_mnist_captions, write_captions_json
 from cbir.train.joint import evaluate_zero_shot, load_joint_data
-from cbir.train.trainer import TrainConfig, train
+from cbir.train.trainer import make_config, train
 
 KEYS = [f"{d}_recall@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)] + [
     "i2t_map",
@@ -61,29 +61,53 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="cbir-vsepp-"))
     caps = write_captions_json(tmp / "fashion_captions.json", fashion_mnist_captions())
     hidden = [int(h) for h in a.hidden.split(",") if h.strip()]
-    base = TrainConfig(
-        dataset="fashion-mnist", method="vsepp", captions=str(caps), size=a.size, epochs=a.epochs,
-        dim=a.dim, batch_size=a.batch_size, lr=a.lr, hidden=hidden, seed=a.seed,
-        train_limit=a.train_limit, query_limit=a.query_limit, eval_every=0,
+    base = make_config(
+        dataset="fashion-mnist",
+        method="vsepp",
+        captions=str(caps),
+        size=a.size,
+        epochs=a.epochs,
+        dim=a.dim,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        hidden=hidden,
+        seed=a.seed,
+        train_limit=a.train_limit,
+        query_limit=a.query_limit,
+        eval_every=0,
         loss_options={"margin": a.margin},
-    )  # fmt: skip
+    )
     t = time.perf_counter()
     data = load_joint_data(base, progress=None)
     load_s = time.perf_counter() - t
     results: list[dict[str, Any]] = []
     t = time.perf_counter()
-    results.append({"row": "zero-shot (ImageNet top-5 names -> MiniLM)", "train_seconds": 0.0,
-                    "metrics": evaluate_zero_shot(data), "eval_seconds": round(time.perf_counter() - t, 2)})  # fmt: skip
+    results.append(
+        {
+            "row": "zero-shot (ImageNet top-5 names -> MiniLM)",
+            "train_seconds": 0.0,
+            "metrics": evaluate_zero_shot(data),
+            "eval_seconds": round(time.perf_counter() - t, 2),
+        }
+    )
     for method, name in (("vse0", "VSE0 (sum of hinges)"), ("vsepp", "VSE++ (max of hinges)")):
-        cfg = TrainConfig(**{**base.__dict__, "method": method})
+        cfg = make_config(**{**base.flat(), "method": method})
         res = train(cfg, tmp / method, progress=False, data=data)
         results.append({"row": name, **res})
     info = {
-        "size": a.size, "epochs": a.epochs, "dim": a.dim, "batch_size": a.batch_size, "lr": a.lr,
-        "image_hidden": hidden, "margin": a.margin, "n_train_images": len(data.images),
-        "n_train_captions": len(data.texts), "n_test_images": len(data.test_images),
-        "n_test_captions": len(data.test_texts), "load_seconds": round(load_s, 1),
-    }  # fmt: skip
+        "size": a.size,
+        "epochs": a.epochs,
+        "dim": a.dim,
+        "batch_size": a.batch_size,
+        "lr": a.lr,
+        "image_hidden": hidden,
+        "margin": a.margin,
+        "n_train_images": len(data.images),
+        "n_train_captions": len(data.texts),
+        "n_test_images": len(data.test_images),
+        "n_test_captions": len(data.test_texts),
+        "load_seconds": round(load_s, 1),
+    }
     if a.json:
         print(json.dumps({"setup": info, "rows": results}, indent=2, default=float))
         return 0

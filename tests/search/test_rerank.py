@@ -21,9 +21,15 @@ from tests.conftest import needs_fashion
 
 # the subsets tests/train uses: features are embedded once per session
 SMALL = dict(
-    dataset="fashion-mnist", size=64, train_limit=3000, query_limit=500, database_limit=3000,
-    epochs=8, eval_every=4, batch_size=128,
-)  # fmt: skip
+    dataset="fashion-mnist",
+    size=64,
+    train_limit=3000,
+    query_limit=500,
+    database_limit=3000,
+    epochs=8,
+    eval_every=4,
+    batch_size=128,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +39,9 @@ def feats(tmp_path_factory):
 
     os.environ.setdefault("CBIR_CACHE", str(tmp_path_factory.mktemp("cache")))
     from cbir.heads.transform import FrozenTransform
-    from cbir.train.trainer import TrainConfig, load_data
+    from cbir.train.trainer import load_data, make_config
 
-    data = load_data(TrainConfig(**SMALL), progress=False)
+    data = load_data(make_config(**SMALL), progress=False)
     t = FrozenTransform(center=True)
     t.fit(data.database)
     return t(data.query), data.query_labels, t(data.database), data.database_labels

@@ -27,16 +27,26 @@ from cbir.index.store import IndexStore
 from cbir.pipeline import index_folder
 from cbir.search.searcher import Searcher
 from cbir.train.feedback import FeedbackTerm, load_feedback, pairs_of
-from cbir.train.trainer import TrainConfig, load_data, train
+from cbir.train.trainer import load_data, make_config, train
 from tests.conftest import needs_fashion
 
 pytestmark = needs_fashion
 
 CFG = dict(
-    dataset="fashion-mnist", protocol="fashion-mnist-zeroshot", method="triplet", miner="batch-hard",
-    dim=32, size=64, train_limit=1500, query_limit=200, epochs=3, eval_every=0, tsne_points=0,
-    batch_size=128, hidden=[256],
-)  # fmt: skip
+    dataset="fashion-mnist",
+    protocol="fashion-mnist-zeroshot",
+    method="triplet",
+    miner="batch-hard",
+    dim=32,
+    size=64,
+    train_limit=1500,
+    query_limit=200,
+    epochs=3,
+    eval_every=0,
+    tsne_points=0,
+    batch_size=128,
+    hidden=[256],
+)
 PER_CLASS, UPLOADS = 40, 30
 K = 10
 
@@ -53,7 +63,7 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(env):
-    return load_data(TrainConfig(**CFG), progress=False)
+    return load_data(make_config(**CFG), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +114,7 @@ def test_feedback_through_the_service_fixes_marked_wrong_top_results(data, image
 
     root, label, uploads = images
     run = env / "run"
-    train(TrainConfig(**CFG), run, progress=False, data=data, final_eval=False)
+    train(make_config(**CFG), run, progress=False, data=data, final_eval=False)
     index = env / "index"
     index_folder(root, index, model=run, progress=False)
 
@@ -140,7 +150,7 @@ def test_feedback_through_the_service_fixes_marked_wrong_top_results(data, image
         fb.judgements == 10 and not fb.skipped and len(fb.negative) >= 5 and len(fb.positive) >= 5
     )
     res = train(
-        TrainConfig(**{**CFG, "feedback": str(index)}),
+        make_config(**{**CFG, "feedback": str(index)}),
         env / "run-fb",
         progress=False,
         data=data,
@@ -169,7 +179,7 @@ def test_feedback_through_the_service_fixes_marked_wrong_top_results(data, image
 def test_pairwise_hashing_loss_learns_from_feedback_in_the_store(data, images, env):
     """DSH with feedback written straight to the store; ranks by the head's real outputs."""
     root, label, _ = images
-    cfg = TrainConfig(**{**CFG, "method": "dsh", "miner": None, "bits": 16})
+    cfg = make_config(**{**CFG, "method": "dsh", "miner": None, "bits": 16})
     train(cfg, env / "dsh", progress=False, data=data, final_eval=False)
     index = env / "index-dsh"
     index_folder(root, index, model=env / "dsh", progress=False)
@@ -196,7 +206,7 @@ def test_pairwise_hashing_loss_learns_from_feedback_in_the_store(data, images, e
     finally:
         store.close()
     res = train(
-        TrainConfig(**{**cfg.__dict__, "feedback": str(index)}),
+        make_config(**{**cfg.flat(), "feedback": str(index)}),
         env / "dsh-fb",
         progress=False,
         data=data,
@@ -220,18 +230,50 @@ def test_feedback_errors_are_actionable(data, images, env, tmp_path, capsys):
     store.close()
     for method in ("proxy-anchor", "csq"):
         with pytest.raises(CbirError, match="--feedback trains pair and triplet losses"):
-            train(TrainConfig(**{**CFG, "method": method, "miner": None, "feedback": str(index), "epochs": 1}),
-                  tmp_path / method, progress=False, data=data, final_eval=False)  # fmt: skip
+            train(
+                make_config(
+                    **{**CFG, "method": method, "miner": None, "feedback": str(index), "epochs": 1}
+                ),
+                tmp_path / method,
+                progress=False,
+                data=data,
+                final_eval=False,
+            )
     # through the command line: one actionable line, exit 1
-    args = ["train", "--dataset", "fashion-mnist", "--protocol", "fashion-mnist-zeroshot", "--size", "64",
-            "--train-limit", "1500", "--query-limit", "200", "--method", "proxy-anchor", "--epochs", "1",
-            "--tsne-points", "0", "--out", str(tmp_path / "cli"), "--feedback", str(index)]  # fmt: skip
+    args = [
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        "--protocol",
+        "fashion-mnist-zeroshot",
+        "--size",
+        "64",
+        "--train-limit",
+        "1500",
+        "--query-limit",
+        "200",
+        "--method",
+        "proxy-anchor",
+        "--epochs",
+        "1",
+        "--tsne-points",
+        "0",
+        "--out",
+        str(tmp_path / "cli"),
+        "--feedback",
+        str(index),
+    ]
     capsys.readouterr()
     assert main(args) == 1
     assert "--feedback trains pair and triplet losses" in capsys.readouterr().err
     with pytest.raises(CbirError, match="num_classes=null"):
-        train(TrainConfig(**{**CFG, "method": "margin", "miner": None, "feedback": str(index)}),
-              tmp_path / "m", progress=False, data=data, final_eval=False)  # fmt: skip
+        train(
+            make_config(**{**CFG, "method": "margin", "miner": None, "feedback": str(index)}),
+            tmp_path / "m",
+            progress=False,
+            data=data,
+            final_eval=False,
+        )
     store = IndexStore.open(index)
     store.add_feedback("id:3", 4, True)
     store.close()

@@ -21,7 +21,7 @@ from cbir.backbones.efficientnet_lite import (
 )
 from cbir.errors import CbirError
 from cbir.heads.learned import LearnedTransform, load_checkpoint
-from cbir.train.trainer import TrainConfig, train
+from cbir.train.trainer import TrainConfig, make_config, train
 from tests.conftest import needs_fashion, write_fashion_folder
 
 pytestmark = needs_fashion
@@ -52,9 +52,18 @@ def folder(tmp_path_factory) -> Path:
 
 
 def _cfg(folder: Path, **kw) -> TrainConfig:
-    base = dict(dataset=str(folder), method="csq", bits=16, size=SIZE, epochs=2, batch_size=40,
-                eval_every=0, tsne_points=0, lr=1e-3)  # fmt: skip
-    return TrainConfig(**{**base, **kw})
+    base = dict(
+        dataset=str(folder),
+        method="csq",
+        bits=16,
+        size=SIZE,
+        epochs=2,
+        batch_size=40,
+        eval_every=0,
+        tsne_points=0,
+        lr=1e-3,
+    )
+    return make_config(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")

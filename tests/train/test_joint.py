@@ -14,13 +14,22 @@ import numpy as np
 import pytest
 
 from cbir.data.captions import fashion_mnist_captions, write_captions_json
-from cbir.train.trainer import TrainConfig, train
+from cbir.train.trainer import make_config, train
 from tests.conftest import needs_fashion
 
 SMALL = dict(
-    dataset="fashion-mnist", method="vsepp", size=64, train_limit=2000, query_limit=500,
-    epochs=6, eval_every=3, batch_size=128, dim=128, hidden=[], lr=2e-3,
-)  # fmt: skip
+    dataset="fashion-mnist",
+    method="vsepp",
+    size=64,
+    train_limit=2000,
+    query_limit=500,
+    epochs=6,
+    eval_every=3,
+    batch_size=128,
+    dim=128,
+    hidden=[],
+    lr=2e-3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +49,13 @@ def captions(tmp_path_factory) -> Path:
 def data(cache, captions):
     from cbir.train.joint import load_joint_data
 
-    return load_joint_data(TrainConfig(captions=str(captions), **SMALL), progress=False)
+    return load_joint_data(make_config(captions=str(captions), **SMALL), progress=False)
 
 
 @pytest.fixture(scope="module")
 def run(data, captions, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("vsepp") / "run"
-    res = train(TrainConfig(captions=str(captions), **SMALL), out, progress=False, data=data)
+    res = train(make_config(captions=str(captions), **SMALL), out, progress=False, data=data)
     return out, res
 
 
@@ -83,7 +92,7 @@ def test_short_run_beats_zero_shot_baseline(run, data):
 
 @needs_fashion
 def test_vse0_trains_and_differs(data, captions, tmp_path):
-    cfg = TrainConfig(
+    cfg = make_config(
         captions=str(captions), **{**SMALL, "method": "vse0", "epochs": 2, "eval_every": 0}
     )
     res = train(cfg, tmp_path / "vse0", progress=False, data=data)
@@ -177,8 +186,17 @@ def test_captions_of_image_files_coco_layout(cache, photos_dir, tmp_path):
             coco["annotations"].append({"id": 10 * i + j, "image_id": 100 + i, "caption": text})
     caps = tmp_path / "captions_train2017.json"
     caps.write_text(json.dumps(coco))
-    cfg = TrainConfig(dataset=str(photos_dir), method="vsepp", captions=str(caps), size=64, epochs=3,
-                      batch_size=8, dim=32, hidden=[], eval_every=0)  # fmt: skip
+    cfg = make_config(
+        dataset=str(photos_dir),
+        method="vsepp",
+        captions=str(caps),
+        size=64,
+        epochs=3,
+        batch_size=8,
+        dim=32,
+        hidden=[],
+        eval_every=0,
+    )
     data = load_joint_data(cfg, progress=False)
     assert (
         data.level == "image" and len(data.test_images) == 1 and len(data.images) == len(files) - 1
@@ -202,10 +220,31 @@ def test_cli_train_vsepp_json(cache, captions, tmp_path, run, capsys):
     from cbir.cli import main
 
     args = [
-        "train", "--dataset", "fashion-mnist", "--method", "vsepp", "--captions", str(captions),
-        "--size", "64", "--train-limit", "2000", "--query-limit", "500", "--epochs", "1",
-        "--hidden", "", "--dim", "64", "--eval-every", "0", "--out", str(tmp_path / "r"), "--json",
-    ]  # fmt: skip
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        "--method",
+        "vsepp",
+        "--captions",
+        str(captions),
+        "--size",
+        "64",
+        "--train-limit",
+        "2000",
+        "--query-limit",
+        "500",
+        "--epochs",
+        "1",
+        "--hidden",
+        "",
+        "--dim",
+        "64",
+        "--eval-every",
+        "0",
+        "--out",
+        str(tmp_path / "r"),
+        "--json",
+    ]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["method"] == "vsepp" and out["dim"] == 64 and "t2i_recall@10" in out["metrics"]

@@ -15,22 +15,31 @@ import torch
 from cbir.heads.learned import LearnedTransform
 from cbir.heads.transform import FrozenTransform
 from cbir.samplers import TRIPLET_SAMPLERS
-from cbir.train.trainer import TrainConfig, load_data, train
+from cbir.train.trainer import load_data, make_config, train
 from tests.conftest import needs_fashion
 
 pytestmark = needs_fashion
 
 CFG = dict(
-    dataset="fashion-mnist", protocol="fashion-mnist-zeroshot", method="triplet", miner="batch-hard",
-    dim=64, size=64, train_limit=3000, query_limit=1000, epochs=5, eval_every=0, tsne_points=0,
-)  # fmt: skip
+    dataset="fashion-mnist",
+    protocol="fashion-mnist-zeroshot",
+    method="triplet",
+    miner="batch-hard",
+    dim=64,
+    size=64,
+    train_limit=3000,
+    query_limit=1000,
+    epochs=5,
+    eval_every=0,
+    tsne_points=0,
+)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CBIR_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield load_data(TrainConfig(**CFG), progress=False)
+        yield load_data(make_config(**CFG), progress=False)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,7 +56,7 @@ def test_triplet_run_beats_frozen_on_held_out_seen_classes_and_reports_zero_shot
 
     # train on 2,000 of the seen-class images, keep 1,000 of the same classes out
     fit = replace(data, x=data.x[:2000], y=data.y[:2000])
-    res = train(TrainConfig(**CFG), tmp_path / "run", progress=False, data=fit)
+    res = train(make_config(**CFG), tmp_path / "run", progress=False, data=fit)
     held_x, held_y = np.asarray(data.x[2000:]), np.asarray(data.y[2000:])
     learned = evaluate_features(
         LearnedTransform.from_path(tmp_path / "run"),
@@ -88,7 +97,7 @@ def test_samplers_with_hooks_train_through_the_trainer(sampler, data, tmp_path):
     """The samplers that use ``observe`` / ``end_epoch`` or change the number of steps."""
     small = replace(data, x=data.x[:1500], y=data.y[:1500])  # 5 steps of 256 per epoch
     miner = "as-sampled" if sampler in TRIPLET_SAMPLERS else "batch-hard"
-    cfg = TrainConfig(**{**CFG, "epochs": 2, "sampler": sampler, "miner": miner})
+    cfg = make_config(**{**CFG, "epochs": 2, "sampler": sampler, "miner": miner})
     res = train(cfg, tmp_path / "a", progress=False, data=small, final_eval=False)
     rows = [
         json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
@@ -100,7 +109,7 @@ def test_samplers_with_hooks_train_through_the_trainer(sampler, data, tmp_path):
 @pytest.mark.parametrize("method", ["center", "proxy-anchor"])
 def test_losses_with_parameters_train_through_the_trainer(method, data, tmp_path):
     small = replace(data, x=data.x[:1500], y=data.y[:1500])
-    cfg = TrainConfig(**{**CFG, "epochs": 3, "method": method, "miner": None})
+    cfg = make_config(**{**CFG, "epochs": 3, "method": method, "miner": None})
     train(cfg, tmp_path / "r", progress=False, data=small, final_eval=False)
     rows = [
         json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()

@@ -12,16 +12,25 @@ from PIL import Image
 
 from cbir.cli import main
 from cbir.train.plots import TSNE_JSON, TSNE_PNG, redraw
-from cbir.train.trainer import TrainConfig, load_data, train
+from cbir.train.trainer import load_data, make_config, train
 from tests.conftest import needs_fashion
 
 pytestmark = needs_fashion
 
 CFG = dict(
-    dataset="fashion-mnist", protocol="fashion-mnist-zeroshot", method="triplet", miner="batch-hard",
-    dim=32, size=64, train_limit=600, query_limit=150, epochs=2, eval_every=0, tsne_points=120,
+    dataset="fashion-mnist",
+    protocol="fashion-mnist-zeroshot",
+    method="triplet",
+    miner="batch-hard",
+    dim=32,
+    size=64,
+    train_limit=600,
+    query_limit=150,
+    epochs=2,
+    eval_every=0,
+    tsne_points=120,
     batch_size=128,
-)  # fmt: skip
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +46,12 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(cache):
-    return load_data(TrainConfig(**CFG), progress=False)
+    return load_data(make_config(**CFG), progress=False)
 
 
 def test_run_writes_tsne_of_query_embedding_and_cbir_plot_redraws_it(data, tmp_path, capsys):
     run = tmp_path / "run"
-    train(TrainConfig(**CFG), run, progress=False, data=data, final_eval=False)
+    train(make_config(**CFG), run, progress=False, data=data, final_eval=False)
     info = json.loads((run / TSNE_JSON).read_text())
     idx = np.asarray(info["indices"])
     assert info["n_query"] == 150 and len(idx) == 120 == len(set(idx.tolist()))
@@ -71,12 +80,17 @@ def test_run_writes_tsne_of_query_embedding_and_cbir_plot_redraws_it(data, tmp_p
 
 
 def test_binary_run_maps_real_outputs_and_tsne_can_be_off(data, tmp_path):
-    train(TrainConfig(**{**CFG, "method": "dsh", "miner": None, "bits": 16}), tmp_path / "h",
-          progress=False, data=data, final_eval=False)  # fmt: skip
+    train(
+        make_config(**{**CFG, "method": "dsh", "miner": None, "bits": 16}),
+        tmp_path / "h",
+        progress=False,
+        data=data,
+        final_eval=False,
+    )
     assert (tmp_path / "h" / TSNE_PNG).stat().st_size > 0
     assert len(json.loads((tmp_path / "h" / TSNE_JSON).read_text())["indices"]) == 120
     train(
-        TrainConfig(**{**CFG, "tsne_points": 0}),
+        make_config(**{**CFG, "tsne_points": 0}),
         tmp_path / "off",
         progress=False,
         data=data,
@@ -99,9 +113,20 @@ def test_cbir_plot_errors_name_the_directory(tmp_path, capsys):
 def test_fine_tuned_metric_run_maps_and_redraws_with_its_own_backbone(cache, tmp_path):
     """``--finetune`` with a metric loss (multi-similarity): the backbone is trained too, the
     t-SNE map embeds with the fine-tuned backbone, and ``cbir plot`` redraws the same map."""
-    cfg = TrainConfig(**{**CFG, "method": "multi-similarity", "miner": "multi-similarity", "size": 32,
-                         "train_limit": 256, "query_limit": 100, "tsne_points": 60, "batch_size": 64,
-                         "finetune": True, "freeze_blocks": 14})  # fmt: skip
+    cfg = make_config(
+        **{
+            **CFG,
+            "method": "multi-similarity",
+            "miner": "multi-similarity",
+            "size": 32,
+            "train_limit": 256,
+            "query_limit": 100,
+            "tsne_points": 60,
+            "batch_size": 64,
+            "finetune": True,
+            "freeze_blocks": 14,
+        }
+    )
     run = tmp_path / "ft"
     res = train(cfg, run, progress=False)
     assert (run / "backbone.pt").exists() and res["n_train"] == 256
@@ -112,6 +137,6 @@ def test_fine_tuned_metric_run_maps_and_redraws_with_its_own_backbone(cache, tmp
     (run / TSNE_PNG).unlink()
     redraw(run)
     assert (run / TSNE_PNG).read_bytes() == png
-    frozen = TrainConfig(**{**cfg.__dict__, "finetune": False})
+    frozen = make_config(**{**cfg.flat(), "finetune": False})
     train(frozen, tmp_path / "frozen", progress=False, final_eval=False)
     assert (tmp_path / "frozen" / TSNE_PNG).read_bytes() != png  # other features, other map

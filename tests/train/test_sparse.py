@@ -16,16 +16,22 @@ import pytest
 import scipy.sparse as sp
 
 from cbir.heads.learned import LearnedTransform, load_checkpoint
-from cbir.train.trainer import TrainConfig, load_data, train
+from cbir.train.trainer import load_data, make_config, train
 from tests.conftest import needs_fashion
 
 pytestmark = needs_fashion
 
 # the subsets tests/train/test_train.py uses: embedded once per session
 SMALL = dict(
-    dataset="fashion-mnist", size=64, train_limit=3000, query_limit=500, database_limit=3000,
-    epochs=8, eval_every=4, batch_size=128,
-)  # fmt: skip
+    dataset="fashion-mnist",
+    size=64,
+    train_limit=3000,
+    query_limit=500,
+    database_limit=3000,
+    epochs=8,
+    eval_every=4,
+    batch_size=128,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,14 +48,19 @@ def one_thread():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     os.environ.setdefault("CBIR_CACHE", str(tmp_path_factory.mktemp("cache")))
-    return load_data(TrainConfig(**SMALL), progress=False)
+    return load_data(make_config(**SMALL), progress=False)
 
 
 @pytest.fixture(scope="module")
 def topk_run(data, tmp_path_factory) -> tuple[Path, dict]:
     run = tmp_path_factory.mktemp("runs") / "topk"
-    cfg = TrainConfig(method="sparse-topk", dim=256, hidden=[], loss_options={"k": 12, "supervised": 1.0},
-                      **{**SMALL, "epochs": 3, "eval_every": 2})  # fmt: skip
+    cfg = make_config(
+        method="sparse-topk",
+        dim=256,
+        hidden=[],
+        loss_options={"k": 12, "supervised": 1.0},
+        **{**SMALL, "epochs": 3, "eval_every": 2},
+    )
     return run, train(cfg, run, progress=False, data=data)
 
 
@@ -78,12 +89,19 @@ def test_topk_codes_have_k_active_units(topk_run, data):
 
 def test_l1_codes_are_sparse(data, tmp_path):
     part = dataclasses.replace(data, x=data.x[:1500], y=data.y[:1500])
-    cfg = TrainConfig(method="sparse-l1", dim=128, hidden=[], lr=3e-3, schedule="constant",
-                      loss_options={"l1": 0.01}, **{**SMALL, "epochs": 5, "eval_every": 0, "batch_size": 32})  # fmt: skip
+    cfg = make_config(
+        method="sparse-l1",
+        dim=128,
+        hidden=[],
+        lr=3e-3,
+        schedule="constant",
+        loss_options={"l1": 0.01},
+        **{**SMALL, "epochs": 5, "eval_every": 0, "batch_size": 32},
+    )
 
     def active(name: str, **change) -> float:
         train(
-            TrainConfig(**{**cfg.__dict__, **change}),
+            make_config(**{**cfg.flat(), **change}),
             tmp_path / name,
             progress=False,
             data=part,
@@ -134,8 +152,12 @@ def test_index_search_equals_brute_force(topk_run, photos_dir, tmp_path):
     assert list(idx.glob("index-*.sidx"))
     se2 = Searcher(idx)
     assert victim not in [h.id for h in se2.search_id(int(ids[0]), k=13)]
-    r = subprocess.run([sys.executable, "-m", "cbir.cli", "check", str(idx), "--no-hashes"],
-                       capture_output=True, text=True, env=os.environ.copy())  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "cbir.cli", "check", str(idx), "--no-hashes"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -152,27 +174,90 @@ def _cbir(capsys, *args: str) -> tuple[int, str, str]:
 def test_cli_train_evaluate_search_flags(topk_run, photos_dir, tmp_path, capsys):
     run, _ = topk_run
     out = tmp_path / "cli-run"
-    rc, stdout, err = _cbir(capsys, "train", "--dataset", "fashion-mnist", "--size", "64", "--train-limit", "3000",
-                            "--query-limit", "500", "--database-limit", "3000", "--method", "sparse-topk",
-                            "--dim", "64", "--hidden", "", "--loss-option", "k=6", "--epochs", "1",
-                            "--eval-every", "0", "--out", str(out), "--json")  # fmt: skip
+    rc, stdout, err = _cbir(
+        capsys,
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        "--size",
+        "64",
+        "--train-limit",
+        "3000",
+        "--query-limit",
+        "500",
+        "--database-limit",
+        "3000",
+        "--method",
+        "sparse-topk",
+        "--dim",
+        "64",
+        "--hidden",
+        "",
+        "--loss-option",
+        "k=6",
+        "--epochs",
+        "1",
+        "--eval-every",
+        "0",
+        "--out",
+        str(out),
+        "--json",
+    )
     assert rc == 0, err
     res = json.loads(stdout)
     assert res["method"] == "sparse-topk" and res["dim"] == 64 and 0 < res["metrics"]["map"] < 1
-    rc, _, err = _cbir(capsys, "train", "--dataset", "fashion-mnist", "--method", "sparse-topk",
-                       "--loss-option", "kk=3", "--out", str(tmp_path / "bad"))  # fmt: skip
+    rc, _, err = _cbir(
+        capsys,
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        "--method",
+        "sparse-topk",
+        "--loss-option",
+        "kk=3",
+        "--out",
+        str(tmp_path / "bad"),
+    )
     assert rc == 1 and "kk" in err  # refused before any feature is computed
     # index + search with each re-ranking mode
     idx = tmp_path / "idx"
     assert _cbir(capsys, "index", str(photos_dir), "--index", str(idx), "--model", str(run))[0] == 0
     ids = lambda text: [h["id"] for h in json.loads(text)["results"]]  # noqa: E731
     plain = ids(_cbir(capsys, "search", str(idx), "id:2", "-k", "5", "--json")[1])
-    same = _cbir(capsys, "search", str(idx), "id:2", "-k", "5", "--json", "--rerank", "aqe",
-                 "--rerank-n", "1", "--rerank-alpha", "0")  # fmt: skip
+    same = _cbir(
+        capsys,
+        "search",
+        str(idx),
+        "id:2",
+        "-k",
+        "5",
+        "--json",
+        "--rerank",
+        "aqe",
+        "--rerank-n",
+        "1",
+        "--rerank-alpha",
+        "0",
+    )
     assert ids(same[1]) == plain and len(plain) == 5
     for mode in ("qe", "kreciprocal"):
-        rc, stdout, err = _cbir(capsys, "search", str(idx), "id:2", "-k", "5", "--json", "--rerank", mode,
-                                "--rerank-k1", "4", "--rerank-k2", "2", "--rerank-n", "3")  # fmt: skip
+        rc, stdout, err = _cbir(
+            capsys,
+            "search",
+            str(idx),
+            "id:2",
+            "-k",
+            "5",
+            "--json",
+            "--rerank",
+            mode,
+            "--rerank-k1",
+            "4",
+            "--rerank-k2",
+            "2",
+            "--rerank-n",
+            "3",
+        )
         assert rc == 0, err
         got = ids(stdout)
         assert len(got) == 5 and got[0] == 2
@@ -188,9 +273,23 @@ def test_cli_train_evaluate_search_flags(topk_run, photos_dir, tmp_path, capsys)
         for i in np.flatnonzero(test.labels == c)[:10]:
             test.load(int(i)).save(folder / str(c) / f"{i}.png")
     report = tmp_path / "report"
-    rc, stdout, err = _cbir(capsys, "evaluate", "--dataset", str(folder), "--model", str(run), "--json",
-                            "--rerank", "kreciprocal", "--rerank-shortlist", "20", "--rerank-k1", "5",
-                            "--out", str(report))  # fmt: skip
+    rc, stdout, err = _cbir(
+        capsys,
+        "evaluate",
+        "--dataset",
+        str(folder),
+        "--model",
+        str(run),
+        "--json",
+        "--rerank",
+        "kreciprocal",
+        "--rerank-shortlist",
+        "20",
+        "--rerank-k1",
+        "5",
+        "--out",
+        str(report),
+    )
     assert rc == 0, err
     out = json.loads(stdout)
     assert (

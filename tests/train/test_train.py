@@ -12,15 +12,22 @@ import numpy as np
 import pytest
 
 from cbir.heads.learned import LearnedTransform, load_checkpoint
-from cbir.train.trainer import TrainConfig, load_data, train
+from cbir.train.trainer import load_data, make_config, train
 from tests.conftest import needs_fashion
 
 pytestmark = needs_fashion
 
 SMALL = dict(
-    dataset="fashion-mnist", size=64, train_limit=3000, query_limit=500, database_limit=3000,
-    epochs=8, eval_every=4, batch_size=128, tsne_points=0,  # t-SNE maps: tests/train/test_plots.py
-)  # fmt: skip
+    dataset="fashion-mnist",
+    size=64,
+    train_limit=3000,
+    query_limit=500,
+    database_limit=3000,
+    epochs=8,
+    eval_every=4,
+    batch_size=128,
+    tsne_points=0,  # t-SNE maps: tests/train/test_plots.py
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +35,7 @@ def data(tmp_path_factory):
     import os
 
     os.environ.setdefault("CBIR_CACHE", str(tmp_path_factory.mktemp("cache")))
-    return load_data(TrainConfig(**SMALL), progress=False)
+    return load_data(make_config(**SMALL), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +49,7 @@ def frozen_map(data) -> float:
 @pytest.mark.parametrize("method", ["csq", "dsh"])
 def test_short_run_beats_frozen_baseline(method, data, frozen_map, tmp_path):
     res = train(
-        TrainConfig(method=method, bits=32, **SMALL), tmp_path / method, progress=False, data=data
+        make_config(method=method, bits=32, **SMALL), tmp_path / method, progress=False, data=data
     )
     assert 0.3 < frozen_map < 0.9
     assert res["metrics"]["map"] > frozen_map + 0.05, (res["metrics"]["map"], frozen_map)
@@ -56,7 +63,7 @@ def test_short_run_beats_frozen_baseline(method, data, frozen_map, tmp_path):
 
 
 def test_same_seed_same_model(data, tmp_path):
-    cfg = TrainConfig(method="dpsh", bits=16, **{**SMALL, "epochs": 2, "eval_every": 0})
+    cfg = make_config(method="dpsh", bits=16, **{**SMALL, "epochs": 2, "eval_every": 0})
     a = train(cfg, tmp_path / "a", progress=False, data=data, final_eval=False)
     b = train(cfg, tmp_path / "b", progress=False, data=data, final_eval=False)
     assert a["n_train"] == b["n_train"] == 3000
@@ -64,7 +71,7 @@ def test_same_seed_same_model(data, tmp_path):
     for k in sa:
         assert np.array_equal(sa[k].numpy(), sb[k].numpy()), k
     other = train(
-        TrainConfig(**{**cfg.__dict__, "seed": 1}),
+        make_config(**{**cfg.flat(), "seed": 1}),
         tmp_path / "c",
         progress=False,
         data=data,
@@ -77,7 +84,7 @@ def test_same_seed_same_model(data, tmp_path):
 
 def test_codes_are_packed_signs(data, tmp_path):
     train(
-        TrainConfig(method="itq", bits=32, **SMALL),
+        make_config(method="itq", bits=32, **SMALL),
         tmp_path / "itq",
         progress=False,
         data=data,
@@ -95,7 +102,7 @@ def test_itq_beats_lsh(data, tmp_path):
     res = {}
     for m in ("lsh", "itq"):
         res[m] = train(
-            TrainConfig(method=m, bits=32, **SMALL), tmp_path / m, progress=False, data=data
+            make_config(method=m, bits=32, **SMALL), tmp_path / m, progress=False, data=data
         )["metrics"]["map"]
     assert res["itq"] > res["lsh"], res
 
@@ -107,7 +114,7 @@ def test_index_with_model_stores_codes(data, tmp_path, photos_dir):
 
     run = tmp_path / "run"
     train(
-        TrainConfig(method="csq", bits=32, **{**SMALL, "epochs": 2, "eval_every": 0}),
+        make_config(method="csq", bits=32, **{**SMALL, "epochs": 2, "eval_every": 0}),
         run,
         progress=False,
         data=data,
@@ -140,11 +147,32 @@ def test_index_with_model_stores_codes(data, tmp_path, photos_dir):
 def test_cli_train_bits_list_and_json(tmp_path):
     env_cache = tmp_path / "cache"
     cmd = [
-        sys.executable, "-m", "cbir.cli", "train", "--dataset", "fashion-mnist", "--method", "dsh",
-        "--bits", "16,32", "--out", str(tmp_path / "runs"), "--epochs", "1", "--size", "64",
-        "--train-limit", "600", "--query-limit", "200", "--database-limit", "600",
-        "--eval-every", "0", "--json",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "cbir.cli",
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        "--method",
+        "dsh",
+        "--bits",
+        "16,32",
+        "--out",
+        str(tmp_path / "runs"),
+        "--epochs",
+        "1",
+        "--size",
+        "64",
+        "--train-limit",
+        "600",
+        "--query-limit",
+        "200",
+        "--database-limit",
+        "600",
+        "--eval-every",
+        "0",
+        "--json",
+    ]
     import os
 
     env = {**os.environ, "CBIR_CACHE": str(env_cache)}

@@ -37,10 +37,10 @@ JOINT_FIGURES = tuple(f"{d}_recall@{k}" for d in ("i2t", "t2i") for k in (1, 5, 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one run per code length; print its figures."""
-    from cbir.train.trainer import JOINT, TrainConfig, all_methods, load_data, train
+    from cbir.train.registry import FAMILIES, get_method, make_config
+    from cbir.train.trainer import train
 
-    if args.method not in all_methods():
-        raise CbirError(f"unknown method {args.method!r}; known: {', '.join(all_methods())}")
+    method = get_method(args.method)
     bits = _ints(args.bits)
     base = dict(
         dataset=args.dataset,
@@ -70,9 +70,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         feedback=args.feedback,
         feedback_weight=args.feedback_weight,
     )
-    if args.captions and args.method not in JOINT:
+    joint = FAMILIES["joint"].names()
+    if args.captions and args.method not in joint:
         raise CbirError(
-            f"--captions trains a joint image-text space: use --method {' or '.join(JOINT)}"
+            f"--captions trains a joint image-text space: use --method {' or '.join(joint)}"
         )
     base.update(
         captions=args.captions, text_hidden=_ints(args.text_hidden) if args.text_hidden else []
@@ -86,20 +87,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     progress = False if args.json else None
     out = Path(args.out)
-    configs = [TrainConfig(bits=b, **base) for b in bits]
-    if configs[0].kind() == "float":
+    configs = [make_config(base, bits=b) for b in bits]
+    if configs[0].kind() != "binary":  # one run of --dim
         configs = configs[:1]
-    if configs[0].kind() == "sparse":  # one run; bad --loss-option fails before any features
-        from cbir.train.sparse import sparse_options
-
-        configs = configs[:1]
-        sparse_options(args.method, configs[0].loss_options, configs[0].dim)
-    data = (
-        None if args.method in JOINT else load_data(configs[0], progress=progress)
-    )  # joint: own pairs
+    method.prepare(configs[0])  # a bad option fails before any features are computed
+    data = method.load_data(configs[0], progress=progress)
     results = []
     for cfg in configs:
-        run = out / f"bits-{cfg.bits}" if len(configs) > 1 else out
+        run = out / f"bits-{cfg.options.width}" if len(configs) > 1 else out
         res = train(cfg, run, progress=progress, data=data)
         results.append(res)
         if not args.json:
@@ -110,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 if k in m
             )
             print(
-                f"{cfg.method} {cfg.bits if cfg.kind() == 'binary' else cfg.dim}: {figs}"
+                f"{cfg.method} {cfg.options.width}: {figs}"
                 f"  (train {res['train_seconds']} s) -> {run}"
             )
             if "feedback" in res:

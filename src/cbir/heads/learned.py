@@ -24,52 +24,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
 from cbir.errors import CbirError
-from cbir.heads.transform import l2_normalize, register_transform
+from cbir.heads.base import l2_normalize
+from cbir.heads.head import Head
+from cbir.heads.sparse import encode_sparse
+from cbir.heads.vsepp import encode_texts, text_fingerprint
 from cbir.utils import atomic_write_bytes, sha256_file
+
+__all__ = ["BACKBONE_FILE", "CHECKPOINT", "FORMAT", "Head", "LearnedTransform", "load_checkpoint"]
 
 FORMAT = "cbir-model-1"
 CHECKPOINT = "model.pt"
 BACKBONE_FILE = "backbone.pt"
-
-
-class Head(nn.Module):
-    """MLP ``in_dim -> hidden... -> out_dim`` (ReLU, optional dropout and batch norm).
-
-    Args:
-        in_dim: input (backbone feature) dimension.
-        out_dim: code length or embedding dimension.
-        hidden: widths of the hidden layers (empty: one linear layer).
-        dropout: dropout before each hidden layer's output (training only).
-        batchnorm: batch norm after each hidden linear layer.
-    """
-
-    def __init__(
-        self, in_dim: int, out_dim: int, hidden: list[int] | tuple[int, ...] = (),
-        dropout: float = 0.0, batchnorm: bool = False,
-    ) -> None:  # fmt: skip
-        super().__init__()
-        self.config = {
-            "in_dim": int(in_dim), "out_dim": int(out_dim), "hidden": [int(h) for h in hidden],
-            "dropout": float(dropout), "batchnorm": bool(batchnorm),
-        }  # fmt: skip
-        layers: list[nn.Module] = []
-        d = in_dim
-        for h in hidden:
-            layers.append(nn.Linear(d, h))
-            if batchnorm:
-                layers.append(nn.BatchNorm1d(h))
-            layers.append(nn.ReLU())
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            d = h
-        layers.append(nn.Linear(d, out_dim))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
 
 
 def pack_bits(u: np.ndarray) -> np.ndarray:
@@ -186,8 +153,6 @@ class LearnedTransform:
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         if self.kind == "sparse":  # L2-normalised scipy CSR rows (cbir.heads.sparse)
-            from cbir.heads.sparse import encode_sparse
-
             return encode_sparse(self, features)
         u = self.outputs(features)
         return pack_bits(u) if self.kind == "binary" else l2_normalize(u)
@@ -216,8 +181,6 @@ class LearnedTransform:
 
     def encode_text(self, texts: list[str] | tuple[str, ...]) -> np.ndarray:
         """Unit vectors in the joint space of ``texts`` (sentence encoder, then text head)."""
-        from cbir.heads.vsepp import encode_texts, text_fingerprint
-
         want = self.ckpt.get("text_encoder", {})
         have = text_fingerprint()
         if want.get("weights") not in (None, have["weights"]):
@@ -262,7 +225,8 @@ class LearnedTransform:
         return out
 
 
-def _load(spec: dict[str, Any], root: Path | None) -> LearnedTransform:
+def load_learned(spec: dict[str, Any], root: Path | None) -> LearnedTransform:
+    """The learned transform of an index's spec (its checkpoint copy in ``root``)."""
     if root is None:
         raise CbirError("a learned transform needs its index directory")
     path = Path(root) / spec["file"]
@@ -272,6 +236,3 @@ def _load(spec: dict[str, Any], root: Path | None) -> LearnedTransform:
             f"{path}: model file does not match the index (digest {t.digest} != {spec['digest']})"
         )
     return t
-
-
-register_transform("learned", _load)

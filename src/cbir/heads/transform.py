@@ -5,8 +5,8 @@ re-derives the index without decoding a single image again.
 
 - :class:`FrozenTransform`: the frozen backbone: optional centring by the collection mean,
   then L2 normalisation, so inner product is cosine similarity.
-- Learned heads (hashing, metric learning) register further kinds with
-  :func:`register_transform`.
+- :class:`~cbir.heads.learned.LearnedTransform`: a trained head (hashing, metric
+  learning, sparse codes, joint image-text); further kinds with :func:`register_transform`.
 """
 
 from __future__ import annotations
@@ -15,85 +15,38 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 from cbir.errors import CbirError
+from cbir.heads.base import Transform, l2_normalize
+from cbir.heads.frozen import FrozenTransform
+
+__all__ = [
+    "FrozenTransform",
+    "Transform",
+    "l2_normalize",
+    "load_transform",
+    "register_transform",
+    "spec_digest",
+]
 
 
-class Transform(Protocol):
-    """Maps ``(n, feature_dim)`` float32 features to index vectors."""
-
-    #: "float" (float32 rows, inner-product search) or "binary" (packed uint8 codes).
-    kind: str
-    #: Output dimension (bits for binary codes).
-    dim: int
-
-    def __call__(self, features: np.ndarray) -> np.ndarray: ...
-
-    def float_view(self, features: np.ndarray) -> np.ndarray:
-        """Float vectors used for re-ranking (cosine on these)."""
-        ...
-
-    def spec(self) -> dict[str, Any]:
-        """A JSON-serialisable description, enough to rebuild the transform."""
-        ...
-
-    def fit(self, features: np.ndarray) -> None:
-        """Fit collection statistics (e.g. the mean), if any."""
-        ...
+def _frozen(spec: dict[str, Any], root: Path | None) -> FrozenTransform:
+    return FrozenTransform(
+        dim=spec.get("dim", 1280), center=spec.get("center", False), mean=spec.get("mean")
+    )
 
 
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float32)."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
+def _learned(spec: dict[str, Any], root: Path | None) -> Transform:
+    # imported here so that searching with the frozen backbone does not import torch
+    from cbir.heads.learned import load_learned
 
-
-class FrozenTransform:
-    """Backbone features -> (optionally centred) unit vectors for cosine search.
-
-    Args:
-        center: subtract the collection mean before normalising (fit on the collection).
-        mean: the mean itself, when already fitted.
-    """
-
-    kind = "float"
-
-    def __init__(
-        self, dim: int = 1280, center: bool = False, mean: list[float] | None = None
-    ) -> None:
-        self.dim = dim
-        self.center = center
-        self.mean = None if mean is None else np.asarray(mean, dtype=np.float32)
-
-    def fit(self, features: np.ndarray) -> None:
-        if self.center and self.mean is None and len(features):
-            self.mean = np.asarray(features, dtype=np.float64).mean(0).astype(np.float32)
-
-    def __call__(self, features: np.ndarray) -> np.ndarray:
-        x = np.asarray(features, dtype=np.float32)
-        if self.center:
-            if self.mean is None:
-                raise CbirError("centred transform used before fit(); rebuild the index")
-            x = x - self.mean
-        return l2_normalize(x)
-
-    def float_view(self, features: np.ndarray) -> np.ndarray:
-        return self(features)
-
-    def spec(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": "frozen", "dim": self.dim, "center": self.center}
-        if self.mean is not None:
-            out["mean"] = [float(v) for v in self.mean]
-        return out
+    return load_learned(spec, root)
 
 
 _REGISTRY: dict[str, Callable[[dict[str, Any], Path | None], Transform]] = {
-    "frozen": lambda spec, root: FrozenTransform(
-        dim=spec.get("dim", 1280), center=spec.get("center", False), mean=spec.get("mean")
-    ),
+    "frozen": _frozen,
+    "learned": _learned,
 }
 
 
@@ -107,14 +60,6 @@ def register_transform(
 def load_transform(spec: dict[str, Any], root: Path | None = None) -> Transform:
     """Rebuild a transform from its :meth:`Transform.spec` (``root``: the index dir)."""
     kind = spec.get("kind", "frozen")
-    if kind not in _REGISTRY:
-        # learned heads register themselves on import
-        import importlib
-
-        try:
-            importlib.import_module("cbir.heads.learned")
-        except ModuleNotFoundError:
-            pass
     if kind not in _REGISTRY:
         raise CbirError(f"unknown transform kind {kind!r} in the index; upgrade cbir")
     return _REGISTRY[kind](spec, root)

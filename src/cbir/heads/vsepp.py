@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cbir.errors import CbirError
-from cbir.heads.learned import Head
-from cbir.heads.transform import l2_normalize
+from cbir.heads.base import l2_normalize
+from cbir.heads.head import Head
 from cbir.utils import atomic_write, cache_dir
 
 
@@ -42,10 +42,15 @@ class JointEmbedding(nn.Module):
     """
 
     def __init__(
-        self, image_dim: int, text_dim: int, dim: int,
-        image_hidden: Sequence[int] = (), text_hidden: Sequence[int] = (),
-        dropout: float = 0.0, batchnorm: bool = False,
-    ) -> None:  # fmt: skip
+        self,
+        image_dim: int,
+        text_dim: int,
+        dim: int,
+        image_hidden: Sequence[int] = (),
+        text_hidden: Sequence[int] = (),
+        dropout: float = 0.0,
+        batchnorm: bool = False,
+    ) -> None:
         super().__init__()
         self.image = Head(image_dim, dim, list(image_hidden), dropout, batchnorm)
         self.text = Head(text_dim, dim, list(text_hidden), dropout, batchnorm)

@@ -39,8 +39,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cbir.backbones.cache import dataset_features
+from cbir.backbones.efficientnet_lite import load_torch_model
 from cbir.backbones.preprocess import Preprocess
+from cbir.backbones.registry import open_backbone
 from cbir.errors import CbirError
+from cbir.heads.learned import BACKBONE_FILE
+from cbir.train.config import FinetuneOptions, TrainConfig
+from cbir.train.data import run_splits
 from cbir.utils import atomic_write_bytes
 
 AUGMENT = ("none", "flip", "flip-shift")
@@ -78,37 +84,33 @@ class Finetune:
     groups, and the fine-tuned backbone file at the end.
 
     Args:
-        cfg: the run's :class:`~cbir.train.trainer.TrainConfig` (``finetune``,
-            ``backbone_lr``, ``freeze_blocks``, ``augment``, ``size``, ``seed``).
+        cfg: the run's configuration (``size``, ``seed``, the splits).
+        options: ``backbone_lr``, ``freeze_blocks``, ``augment``.
         show: print progress to stderr.
     """
 
-    def __init__(self, cfg: Any, show: bool = False) -> None:
-        from cbir.backbones.efficientnet_lite import load_torch_model
-        from cbir.train.trainer import run_splits
-
-        if cfg.kind() not in ("binary", "float"):
+    def __init__(self, cfg: TrainConfig, options: FinetuneOptions, show: bool = False) -> None:
+        if options.augment not in AUGMENT:
             raise CbirError(
-                f"--finetune trains hashing and metric-learning heads, not {cfg.method}"
+                f"--augment must be one of {', '.join(AUGMENT)}, got {options.augment!r}"
             )
-        if cfg.augment not in AUGMENT:
-            raise CbirError(f"--augment must be one of {', '.join(AUGMENT)}, got {cfg.augment!r}")
-        if getattr(cfg, "feedback", None):
+        if getattr(cfg.options, "feedback", None):
             raise CbirError(
                 "--feedback pairs are frozen-backbone features; use it without --finetune"
             )
         self.cfg = cfg
+        self.options = options
         self.show = show
         self.proto, _ds, self.train_set, self.query_set, self.database_set = run_splits(cfg)
         self.size = int(cfg.size or self.proto.size)
         self.pre = Preprocess(size=self.size)
         self.model = load_torch_model()
         blocks = self.model._blocks
-        if not 0 <= cfg.freeze_blocks <= len(blocks):
+        if not 0 <= options.freeze_blocks <= len(blocks):
             raise CbirError(
-                f"--freeze-blocks must be between 0 and {len(blocks)}, got {cfg.freeze_blocks}"
+                f"--freeze-blocks must be between 0 and {len(blocks)}, got {options.freeze_blocks}"
             )
-        self.freeze = int(cfg.freeze_blocks)
+        self.freeze = int(options.freeze_blocks)
         self.rng = np.random.default_rng([cfg.seed, 7])
         self.trainable = self._trainable_modules()
         for p in self.model.parameters():
@@ -117,7 +119,7 @@ class Finetune:
             for p in mod.parameters():
                 p.requires_grad_(True)
         self._log(f"fine-tuning {self.n_trainable:,} backbone parameters ({self.describe()})")
-        self.train_bank = self._bank(self.train_set, views=2 if cfg.augment == "flip" else 1)
+        self.train_bank = self._bank(self.train_set, views=2 if options.augment == "flip" else 1)
         self._eval_banks: dict[str, _Bank] = {}
 
     # ------------------------------------------------------------ structure
@@ -134,7 +136,7 @@ class Finetune:
         frozen = (
             "nothing frozen" if self.freeze == 0 else f"stem and blocks 0-{self.freeze - 1} frozen"
         )
-        return f"{self.size} px, {frozen}, augment {self.cfg.augment}"
+        return f"{self.size} px, {frozen}, augment {self.options.augment}"
 
     @staticmethod
     def input_std(std: np.ndarray) -> np.ndarray:
@@ -145,7 +147,7 @@ class Finetune:
     def param_groups(self) -> list[dict[str, Any]]:
         """The trainable backbone parameters, at ``backbone_lr``."""
         params = [p for mod in self.trainable for p in mod.parameters()]
-        return [{"params": params, "lr": float(self.cfg.backbone_lr)}]
+        return [{"params": params, "lr": float(self.options.backbone_lr)}]
 
     def train(self) -> None:
         """Training mode for the trainable blocks (drop connect), batch norm frozen."""
@@ -194,7 +196,7 @@ class Finetune:
         n, s = len(x), x.shape[-1]
         flip = torch.from_numpy(self.rng.random(n) < 0.5)
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        if self.cfg.augment == "flip-shift":
+        if self.options.augment == "flip-shift":
             p = max(1, s // 8)
             xp = F.pad(x, (p, p, p, p), mode="replicate")
             off = self.rng.integers(0, 2 * p + 1, size=(n, 2))
@@ -214,7 +216,7 @@ class Finetune:
             h = bank.cache[torch.from_numpy(view), idx].float()
         else:
             x = self._normalize(bank.pixels[i])
-            if self.cfg.augment != "none":
+            if self.options.augment != "none":
                 x = self._augment(x)
             h = self._prefix(x)
         f = self._tail(h)
@@ -227,7 +229,7 @@ class Finetune:
         """Decode ``images``; cache the frozen prefix's output where it fits in memory."""
         self._log(f"decoding {len(images)} images of {images.name} at {self.size} px")
         pixels = decode_images(images, self.pre)
-        if self.freeze == 0 or (self.cfg.augment == "flip-shift" and images is self.train_set):
+        if self.freeze == 0 or (self.options.augment == "flip-shift" and images is self.train_set):
             return _Bank(pixels, None)
         probe = self._prefix(self._normalize(pixels[:1]))
         need = views * len(pixels) * probe[0].numel() * 2
@@ -270,7 +272,7 @@ class Finetune:
 
     def eval_data(self, data: Any, limit: int | None) -> Any:
         """``data`` with query and database features of the current backbone (torch);
-        the query subset is the one :func:`~cbir.train.trainer.evaluate_transform` takes."""
+        the query subset is the one :func:`~cbir.train.data.evaluate_transform` takes."""
         query = self.query_set
         ql = data.query_labels
         if limit and limit < len(query):
@@ -288,10 +290,6 @@ class Finetune:
     def finish(self, run: Path, data: Any, extra: dict[str, Any]) -> Any:
         """Write ``run/backbone.pt``; return ``data`` with the fine-tuned backbone's
         fingerprint and query / database features (its ONNX export, cached)."""
-        from cbir.backbones.cache import dataset_features
-        from cbir.backbones.registry import open_backbone
-        from cbir.heads.learned import BACKBONE_FILE
-
         self.eval()
         buf = io.BytesIO()
         torch.save({k: v.detach().clone() for k, v in self.model.state_dict().items()}, buf)
@@ -307,9 +305,12 @@ class Finetune:
             raise CbirError(f"{path}: the ONNX export differs from the PyTorch model by {diff:.2e}")
         extra["backbone_file"] = BACKBONE_FILE
         extra["finetune"] = {
-            "trainable_parameters": self.n_trainable, "freeze_blocks": self.freeze,
-            "augment": self.cfg.augment, "size": self.size, "onnx_max_abs_diff": diff,
-        }  # fmt: skip
+            "trainable_parameters": self.n_trainable,
+            "freeze_blocks": self.freeze,
+            "augment": self.options.augment,
+            "size": self.size,
+            "onnx_max_abs_diff": diff,
+        }
 
         def feats(images: Any) -> np.ndarray:
             return np.asarray(

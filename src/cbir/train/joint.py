@@ -1,10 +1,10 @@
-"""Training a joint image-text space (VSE++, Faghri et al., BMVC 2018) in the one trainer.
+"""The data and figures of a joint image-text space (VSE++, Faghri et al., BMVC 2018).
 
 ``cbir train --method vsepp --captions FILE --dataset DATA --out RUN_DIR`` (or ``vse0``,
-the plain sum of hinges) goes through :func:`cbir.train.trainer.train`, which hands joint
-methods to :func:`train_joint`: the same configuration, optimiser, schedule, run
-directory (config.json, metrics.jsonl, model.pt, loss.png, final.json) and checkpoint
-format as every other head, with a second (text) head in the checkpoint.
+the plain sum of hinges) trains with :class:`cbir.train.methods.joint.JointMethod` in the
+one loop: the same configuration, optimiser, schedule, run directory (config.json,
+metrics.jsonl, model.pt, loss.png, final.json) and checkpoint format as every other
+head, with a second (text) head in the checkpoint.
 
 Pairs come from a caption file (:mod:`cbir.data.captions`):
 
@@ -28,34 +28,23 @@ ways, and ``rsum``, the sum of the six recalls.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from cbir.backbones.cache import dataset_features
+from cbir.backbones.registry import open_backbone
+from cbir.data.base import ImageSet, file_loader
 from cbir.data.captions import TEST_SPLITS, TRAIN_SPLITS, CaptionSet, read_captions
+from cbir.data.folder import find_images
 from cbir.errors import CbirError
-from cbir.heads.learned import CHECKPOINT, LearnedTransform, save_checkpoint
-from cbir.heads.vsepp import JointEmbedding, cached_text_embeddings, text_fingerprint
-from cbir.losses.vsepp import VSELoss, vse_loss
-from cbir.train.trainer import (
-    TrainConfig,
-    _bar,
-    _checkpoint,
-    epoch_row,
-    eval_due,
-    lr_factor,
-    make_optimizer,
-    plot_curves,
-    set_seed,
-)
-from cbir.utils import atomic_write, atomic_write_json
+from cbir.eval.metrics import evaluate_retrieval
+from cbir.eval.protocols import resolve
+from cbir.heads.vsepp import ZeroShotJoint, cached_text_embeddings, text_fingerprint
+from cbir.train.config import TrainConfig
 
 RECALL_AT = (1, 5, 10)
 HOLD_OUT_IMAGES = 1000
@@ -91,21 +80,18 @@ def _limit(images, n: int | None, seed: int, tag: str):
 
 def load_joint_data(cfg: TrainConfig, progress: bool | None = None) -> JointData:
     """Features (cached) and caption embeddings (cached) of the training and held-out pairs."""
-    if not cfg.captions:
+    captions = getattr(cfg.options, "captions", None)
+    if not captions:
         raise CbirError(
             f"--method {cfg.method} trains on (image, caption) pairs: give --captions FILE"
         )
-    caps = read_captions(cfg.captions)
+    caps = read_captions(captions)
     if caps.by_class:
         return _class_pairs(cfg, caps, progress)
     return _image_pairs(cfg, caps, progress)
 
 
 def _class_pairs(cfg: TrainConfig, caps: CaptionSet, progress: bool | None) -> JointData:
-    from cbir.backbones.cache import dataset_features
-    from cbir.backbones.registry import open_backbone
-    from cbir.eval.protocols import resolve
-
     proto, ds, splits = resolve(cfg.dataset, cfg.protocol, seed=cfg.seed)
     if splits.train is None or len(splits.train) == 0:
         raise CbirError(f"protocol {proto.name} has no training split")
@@ -141,15 +127,21 @@ def _class_pairs(cfg: TrainConfig, caps: CaptionSet, progress: bool | None) -> J
             " every class with training images needs one"
         )
     return JointData(
-        images=feats(train), image_groups=train_labels,
-        texts=emb[is_train], text_groups=lab[is_train],
-        test_images=feats(test), test_image_groups=test_labels,
-        test_texts=emb[is_test], test_text_groups=lab[is_test],
+        images=feats(train),
+        image_groups=train_labels,
+        texts=emb[is_train],
+        text_groups=lab[is_train],
+        test_images=feats(test),
+        test_image_groups=test_labels,
+        test_texts=emb[is_test],
+        test_text_groups=lab[is_test],
         test_captions=[t for t, m in zip(texts, is_test, strict=True) if m],
-        level="class", name=f"{proto.name}+{Path(caps.path).name}",
-        fingerprint=open_backbone(size=size).fingerprint, text_fingerprint=text_fingerprint(),
+        level="class",
+        name=f"{proto.name}+{Path(caps.path).name}",
+        fingerprint=open_backbone(size=size).fingerprint,
+        text_fingerprint=text_fingerprint(),
         info={"layout": caps.layout, "classes": names},
-    )  # fmt: skip
+    )
 
 
 def _caption_split(
@@ -177,8 +169,6 @@ def _caption_split(
 
 def _resolve_images(root: Path, names: list[str], caps_path: str) -> dict[str, str]:
     """File name in the caption file -> path under ``root`` (direct, else by base name)."""
-    from cbir.data.folder import find_images
-
     out: dict[str, str] = {}
     by_base: dict[str, list[str]] | None = None
     missing = []
@@ -205,10 +195,6 @@ def _resolve_images(root: Path, names: list[str], caps_path: str) -> dict[str, s
 
 
 def _image_pairs(cfg: TrainConfig, caps: CaptionSet, progress: bool | None) -> JointData:
-    from cbir.backbones.cache import dataset_features
-    from cbir.backbones.registry import open_backbone
-    from cbir.data.base import ImageSet, file_loader
-
     root = Path(os.path.expanduser(cfg.dataset))
     if not root.is_dir():
         raise CbirError(
@@ -243,9 +229,12 @@ def _image_pairs(cfg: TrainConfig, caps: CaptionSet, progress: bool | None) -> J
         test_ids = np.sort(rng.choice(test_ids, cfg.query_limit, replace=False))
     all_paths = [paths[names[i]] for i in range(n)]
     images = ImageSet(
-        name=f"captions-{root.name}", labels=np.arange(n), loader=file_loader(all_paths),
-        keys=all_paths, paths=all_paths,
-    )  # fmt: skip
+        name=f"captions-{root.name}",
+        labels=np.arange(n),
+        loader=file_loader(all_paths),
+        keys=all_paths,
+        paths=all_paths,
+    )
     size = cfg.size or 224
     x_tr = np.asarray(
         dataset_features(
@@ -266,25 +255,32 @@ def _image_pairs(cfg: TrainConfig, caps: CaptionSet, progress: bool | None) -> J
     tr_caps = np.flatnonzero(np.isin(cap_img, train_ids))
     te_caps = np.flatnonzero(np.isin(cap_img, test_ids))
     return JointData(
-        images=x_tr, image_groups=np.arange(len(train_ids)),
-        texts=emb[tr_caps], text_groups=np.asarray([pos_tr[int(cap_img[j])] for j in tr_caps], np.int64),
-        test_images=x_te, test_image_groups=np.arange(len(test_ids)),
-        test_texts=emb[te_caps], test_text_groups=np.asarray([pos_te[int(cap_img[j])] for j in te_caps], np.int64),
+        images=x_tr,
+        image_groups=np.arange(len(train_ids)),
+        texts=emb[tr_caps],
+        text_groups=np.asarray([pos_tr[int(cap_img[j])] for j in tr_caps], np.int64),
+        test_images=x_te,
+        test_image_groups=np.arange(len(test_ids)),
+        test_texts=emb[te_caps],
+        test_text_groups=np.asarray([pos_te[int(cap_img[j])] for j in te_caps], np.int64),
         test_captions=[texts[j] for j in te_caps],
-        level="image", name=f"{root.name}+{Path(caps.path).name}",
-        fingerprint=open_backbone(size=size).fingerprint, text_fingerprint=text_fingerprint(),
+        level="image",
+        name=f"{root.name}+{Path(caps.path).name}",
+        fingerprint=open_backbone(size=size).fingerprint,
+        text_fingerprint=text_fingerprint(),
         info={"layout": caps.layout, "n_images": n},
-    )  # fmt: skip
+    )
 
 
 # ------------------------------------------------------------------ evaluation
 def joint_metrics(
-    image_vecs: np.ndarray, image_groups: np.ndarray, text_vecs: np.ndarray, text_groups: np.ndarray,
+    image_vecs: np.ndarray,
+    image_groups: np.ndarray,
+    text_vecs: np.ndarray,
+    text_groups: np.ndarray,
     recall_at: tuple[int, ...] = RECALL_AT,
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     """Recall@K and mAP image-to-text and text-to-image of unit vectors (module doc)."""
-    from cbir.eval.metrics import evaluate_retrieval
-
     kw = dict(
         recall_at=recall_at,
         precision_at=(1,),
@@ -328,8 +324,6 @@ def evaluate_joint(transform: Any, data: JointData, limit: int | None = None) ->
 
 def evaluate_zero_shot(data: JointData, top_k: int = 5) -> dict[str, float]:
     """Held-out figures of the untrained baseline (:class:`cbir.heads.vsepp.ZeroShotJoint`)."""
-    from cbir.heads.vsepp import ZeroShotJoint
-
     zs = ZeroShotJoint(top_k)
     return joint_metrics(
         zs.images(data.test_images),
@@ -337,147 +331,3 @@ def evaluate_zero_shot(data: JointData, top_k: int = 5) -> dict[str, float]:
         zs.texts(data.test_texts),
         data.test_text_groups,
     )
-
-
-# ------------------------------------------------------------------ training
-def _joint_checkpoint(
-    cfg: TrainConfig,
-    model: JointEmbedding,
-    stats: dict[str, np.ndarray],
-    data: JointData,
-    extra: dict,
-) -> dict:
-    t = lambda a: torch.from_numpy(np.asarray(a, np.float32))  # noqa: E731
-    return _checkpoint(cfg, model.image, stats["x_mean"], stats["x_std"], data.fingerprint, {
-        "text_head": model.text.config,
-        "text_state": {k: v.detach().clone() for k, v in model.text.state_dict().items()},
-        "text_input": {"mean": t(stats["t_mean"]), "std": t(stats["t_std"])},
-        "text_encoder": dict(data.text_fingerprint),
-        **extra,
-    })  # fmt: skip
-
-
-def train_joint(
-    cfg: TrainConfig,
-    out: str | os.PathLike[str],
-    progress: bool | None = None,
-    data: JointData | None = None,
-    final_eval: bool = True,
-) -> dict[str, Any]:
-    """Train a joint image-text model into ``out`` (a run directory); returns the final metrics."""
-    show = sys.stderr.isatty() if progress is None else progress
-    run = Path(out)
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run / "config.json", asdict(cfg))
-    if data is not None and not isinstance(data, JointData):
-        data = None  # the caller loaded image-only data (cbir train loads before it knows)
-    data = data or load_joint_data(cfg, progress=show)
-    try:
-        loss_fn = vse_loss(cfg.method, **cfg.loss_options)
-    except TypeError as e:
-        raise CbirError(
-            f"--loss-option for {cfg.method}: {e} (known: margin, max_violation, reduction)"
-        ) from None
-    set_seed(cfg.seed)
-    t0 = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    model, stats = _train_loop(cfg, data, loss_fn, rows, show)
-    seconds = time.perf_counter() - t0
-    model.eval()
-    save_checkpoint(
-        run / CHECKPOINT, _joint_checkpoint(cfg, model, stats, data, {"train_seconds": seconds})
-    )
-    lines = "".join(json.dumps(r) + "\n" for r in rows)
-    atomic_write(run / "metrics.jsonl", lambda f: f.write(lines.encode()))
-    plot_curves(run / "loss.png", rows, f"{cfg.method}, {cfg.dim}-d, {data.name}")
-    result: dict[str, Any] = {
-        "protocol": data.name,
-        "model": str(run),
-        "method": cfg.method,
-        "dim": cfg.dim,
-        "train_seconds": round(seconds, 2),
-        "n_train": len(data.images),
-        "n_train_captions": len(data.texts),
-        "level": data.level,
-    }
-    if final_eval:
-        t1 = time.perf_counter()
-        result["metrics"] = evaluate_joint(LearnedTransform.from_path(run), data)
-        result["eval_seconds"] = round(time.perf_counter() - t1, 2)
-        result["n_test_images"] = len(data.test_images)
-        result["n_test_captions"] = len(data.test_texts)
-    atomic_write_json(run / "final.json", result)
-    return result
-
-
-def _standardise(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return a.mean(0), a.std(0) + 1e-6
-
-
-def _train_loop(
-    cfg: TrainConfig, data: JointData, loss_fn: VSELoss, rows: list[dict[str, Any]], show: bool
-):
-    x_np = np.ascontiguousarray(data.images, np.float32)
-    t_np = np.ascontiguousarray(data.texts, np.float32)
-    xm, xs = _standardise(x_np)
-    tm, ts = _standardise(t_np)
-    stats = {"x_mean": xm, "x_std": xs, "t_mean": tm, "t_std": ts}
-    x = torch.from_numpy((x_np - xm) / xs)
-    t = torch.from_numpy((t_np - tm) / ts)
-    groups = torch.from_numpy(np.asarray(data.image_groups, np.int64))
-    # captions of each group, for drawing one positive caption per image
-    order = np.argsort(data.text_groups, kind="stable")
-    uniq, starts, counts = np.unique(data.text_groups[order], return_index=True, return_counts=True)
-    where = {int(g): i for i, g in enumerate(uniq)}
-    try:
-        slot = np.asarray([where[int(g)] for g in data.image_groups], np.int64)
-    except KeyError as e:
-        raise CbirError(f"training image group {e} has no caption") from None
-    model = JointEmbedding(
-        x.shape[1], t.shape[1], cfg.dim, cfg.hidden, cfg.text_hidden, cfg.dropout, cfg.batchnorm
-    )
-    opt = make_optimizer(list(model.parameters()), cfg)
-    n = len(x)
-    bs = min(cfg.batch_size, n)
-    steps_per_epoch = max(1, n // bs)
-    total = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(cfg.schedule, s, total, cfg.warmup)
-    )
-    gen = np.random.default_rng(cfg.seed)
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        tic = time.perf_counter()
-        total_loss, count = 0.0, 0
-        perm = gen.permutation(n)
-        draw = starts[slot] + (gen.random(n) * counts[slot]).astype(np.int64)  # a caption per image
-        cap = order[draw]
-        bar = _bar(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}", show)
-        for b in range(steps_per_epoch):
-            idx = torch.from_numpy(perm[b * bs : (b + 1) * bs])
-            u = model.embed_images(x[idx])
-            v = model.embed_text(t[torch.from_numpy(cap[idx.numpy()])])
-            loss = loss_fn(u, v, groups[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total_loss += loss.item()
-            count += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{total_loss / count:.4f}")
-        if bar is not None:
-            bar.close()
-        row = epoch_row(epoch, total_loss / max(count, 1), opt, tic)
-        if eval_due(cfg, epoch):
-            model.eval()
-            tr = LearnedTransform(_joint_checkpoint(cfg, model, stats, data, {}))
-            m = evaluate_joint(tr, data, limit=cfg.eval_queries)
-            row["eval"] = {k: round(v, 5) for k, v in m.items()}
-            row["eval"]["recall@1"] = row["eval"]["t2i_recall@1"]  # the curve loss.png draws
-        rows.append(row)
-        if show:
-            ev = " ".join(f"{k}={v}" for k, v in row.get("eval", {}).items() if k != "recall@1")
-            print(f"epoch {epoch}: loss {row['loss']:.4f} {ev}", file=sys.stderr)
-    return model, stats

@@ -20,14 +20,18 @@ from typing import Any
 
 import numpy as np
 
+from cbir.backbones.cache import dataset_features
 from cbir.errors import CbirError
+from cbir.eval.protocols import default_protocol, get_protocol
+from cbir.heads.learned import LearnedTransform
+from cbir.train.config import TSNE_POINTS, TrainConfig
+from cbir.train.data import run_splits
+from cbir.train.registry import read_config
 from cbir.utils import atomic_write_bytes, atomic_write_json
 
 LOSS_PNG = "loss.png"
 TSNE_PNG = "tsne.png"
 TSNE_JSON = "tsne.json"
-#: Points in the t-SNE map by default (Barnes-Hut t-SNE costs tens of seconds at 2,000).
-TSNE_POINTS = 2000
 
 
 def _pyplot():
@@ -153,9 +157,8 @@ def write_tsne(
     return info
 
 
-def _title(cfg: Any, protocol: str) -> str:
-    what = f"{cfg.bits} bits" if cfg.kind() == "binary" else f"{cfg.dim}-d"
-    return f"{cfg.method}, {what}, {protocol}"
+def _title(cfg: TrainConfig, protocol: str) -> str:
+    return f"{cfg.method}, {cfg.options.describe()}, {protocol}"
 
 
 def read_rows(run: Path) -> list[dict[str, Any]]:
@@ -186,23 +189,9 @@ def redraw(
     run without one, or with ``points``, a new seeded subset), embedded with the run's
     checkpoint from the cached backbone features. Returns the files written.
     """
-    from dataclasses import fields
-
-    from cbir.heads.learned import LearnedTransform
-    from cbir.train.trainer import TrainConfig
-
     run = Path(run)
-    if not (run / "config.json").exists():
-        raise CbirError(f"{run}: no config.json here; is it a `cbir train` run directory?")
-    try:
-        raw = json.loads((run / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise CbirError(f"{run / 'config.json'}: not JSON ({e.msg}); retrain the run") from e
-    known = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in raw.items() if k in known})
+    cfg = read_config(run)
     rows = read_rows(run)
-    from cbir.eval.protocols import default_protocol, get_protocol
-
     proto = get_protocol(cfg.protocol) if cfg.protocol else default_protocol(cfg.dataset)
     title = _title(cfg, proto.name)
     plot_curves(run / LOSS_PNG, rows, title)
@@ -230,11 +219,7 @@ def redraw(
         plot_tsne(run / TSNE_PNG, xy, class_of(np.asarray(labels)[idx]), tsne_title, names)
         atomic_write_json(run / TSNE_JSON, {**saved, "perplexity": perp})
     else:
-        n = (
-            points
-            if points is not None
-            else int(getattr(cfg, "tsne_points", TSNE_POINTS) or TSNE_POINTS)
-        )
+        n = points if points is not None else int(cfg.tsne_points or TSNE_POINTS)
         tsne_title = f"{title}: query embedding (t-SNE)"
         write_tsne(run, transform, query, labels, tsne_title, n, seed, perp, names)
     written["tsne"] = str(run / TSNE_PNG)
@@ -242,14 +227,13 @@ def redraw(
 
 
 def query_split(
-    cfg: Any, progress: bool | None = False, weights: str | os.PathLike[str] | None = None
+    cfg: TrainConfig,
+    progress: bool | None = False,
+    weights: str | os.PathLike[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     """Backbone features (from the cache; only this split's), labels and class names of
     the run's query split: the subset the trainer evaluated on. ``weights``: a fine-tuned
     backbone's file (default: the ImageNet weights)."""
-    from cbir.backbones.cache import dataset_features
-    from cbir.train.trainer import run_splits
-
     proto, ds, _train, query, _db = run_splits(cfg)
     kw = {} if weights is None else {"weights": weights}
     feats = np.asarray(

@@ -59,6 +59,10 @@ class HashingLoss(nn.Module):
         self.register_buffer("bank_filled", None, persistent=False)
         self._given: tuple[Tensor, Tensor] | None = None
 
+    def on_step(self, iteration: int) -> None:
+        """Hook after optimisation step ``iteration`` (1-based); a schedule of the loss's
+        own (HashNet's continuation) overrides it."""
+
     def forward(self, u: Tensor, labels: Tensor, index: Tensor | None = None) -> Tensor:
         """Loss of a batch.
 

@@ -58,6 +58,9 @@ class HashNet(HashingLoss):
         self.beta = self.init_beta * (1.0 + self.gamma * iteration) ** self.power
         return self.beta
 
+    def on_step(self, iteration: int) -> None:
+        self.step_beta(iteration)
+
     def compute_loss(self, u: Tensor, labels: Tensor, index: Tensor | None) -> Tensor:
         h = torch.tanh(self.beta * u)
         v, s, valid = self.pairs(h, labels, index)

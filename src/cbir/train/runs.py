@@ -1,0 +1,65 @@
+"""A run directory (``RUN_DIR``)::
+
+config.json     the full configuration (reproducible: same seed, same result)
+metrics.jsonl   one JSON line per epoch (loss, lr, seconds, and evaluation figures)
+model.pt        the checkpoint (head, input statistics, backbone fingerprint)
+loss.png        the loss curve (and mAP / Recall@1 where evaluated)
+tsne.png        t-SNE map of the query embedding by class (tsne.json: its subset)
+final.json      the final metrics on the full protocol (cbir.eval)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cbir.heads.head import Head
+from cbir.heads.learned import FORMAT
+from cbir.train.config import TrainConfig
+from cbir.utils import atomic_write, atomic_write_json
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+FINAL = "final.json"
+
+
+def make_checkpoint(
+    cfg: TrainConfig,
+    head: Head,
+    mean: np.ndarray,
+    std: np.ndarray,
+    fingerprint: dict[str, Any],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The checkpoint of a trained head (read back by :class:`cbir.heads.learned.LearnedTransform`)."""
+    return {
+        "format": FORMAT,
+        "method": cfg.method,
+        "kind": cfg.kind(),
+        "head": head.config,
+        "state": {k: v.detach().clone() for k, v in head.state_dict().items()},
+        "input": {
+            "mean": torch.from_numpy(np.asarray(mean, np.float32)),
+            "std": torch.from_numpy(np.asarray(std, np.float32)),
+        },
+        "backbone": fingerprint,
+        "config": json.loads(json.dumps(cfg.to_dict())),
+        **extra,
+    }
+
+
+def write_config(run: Path, cfg: TrainConfig) -> None:
+    atomic_write_json(run / CONFIG, cfg.to_dict())
+
+
+def write_metrics(run: Path, rows: list[dict[str, Any]]) -> None:
+    lines = "".join(json.dumps(r) + "\n" for r in rows)
+    atomic_write(run / METRICS, lambda f: f.write(lines.encode()))
+
+
+def write_final(run: Path, result: dict[str, Any]) -> None:
+    atomic_write_json(run / FINAL, result)
