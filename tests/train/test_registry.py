@@ -78,7 +78,7 @@ def test_every_method_has_one_family():
 @pytest.mark.parametrize("method", all_methods())
 def test_each_method_trains_a_run_that_loads(method, data, captions, tmp_path):
     family = get_method(method)
-    cfg = make_config(TINY, method=method, bits=16, dim=16, **NEEDS.get(method, {}))
+    cfg = make_config(TINY, method=method, **{"bits": 16, "dim": 16, **NEEDS.get(method, {})})
     if family.name == "joint":
         cfg = make_config(cfg.flat(), captions=str(captions))
     assert isinstance(cfg.options, family.options)

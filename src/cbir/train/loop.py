@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -87,31 +88,54 @@ def batches(order: np.ndarray, batch_size: int) -> Iterable[np.ndarray]:
         yield order
 
 
-class Trainable:
-    """What a method trains in :func:`train_epochs`; a subclass per family overrides the steps.
+class Model(ABC):
+    """A trained model as the run directory stores it.
+
+    Attributes:
+        data: the data it was trained on (and the final evaluation uses).
+        report: fields of final.json beyond the common ones (e.g. feedback pairs used).
+    """
+
+    data: Any = None
+
+    @property
+    def report(self) -> dict[str, Any]:
+        return {}
+
+    @abstractmethod
+    def checkpoint(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint of the current weights (modules in eval mode), with ``extra``."""
+
+    def finish(self, run: Path) -> Any:
+        """After training, files of the run beyond the checkpoint; returns the data the
+        final evaluation uses."""
+        return self.data
+
+
+class Trainable(Model):
+    """A model :func:`train_epochs` trains: a subclass per family supplies its parameters,
+    batches, forward step and evaluation, and optionally the hooks.
 
     Attributes:
         steps_per_epoch: optimisation steps in one epoch (for the schedule).
-        data: the data it trains on.
     """
 
     steps_per_epoch: int = 1
-    data: Any = None
 
+    @abstractmethod
     def param_groups(self) -> list[Any]:
         """The parameters (or parameter groups) the optimiser updates."""
-        raise NotImplementedError
 
     def train_mode(self) -> None:
         """Switch the modules to training mode (start of every epoch)."""
 
+    @abstractmethod
     def batches(self, epoch: int) -> Iterable[Any]:
         """The batches of one epoch (1-based)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def step(self, batch: Any) -> tuple[Tensor, float, dict[str, float]]:
         """Forward one batch: (loss, its weight in the epoch mean, other per-batch means)."""
-        raise NotImplementedError
 
     def after_step(self, step: int) -> None:
         """Per-step hook after the optimiser step (``step``: steps taken so far)."""
@@ -119,18 +143,9 @@ class Trainable:
     def end_epoch(self) -> None:
         """Hook at the end of an epoch, before evaluation."""
 
+    @abstractmethod
     def evaluate(self, limit: int | None) -> dict[str, Any]:
         """The ``eval`` figures of a row of ``metrics.jsonl`` (query subset of ``limit``)."""
-        raise NotImplementedError
-
-    def checkpoint(self, extra: dict[str, Any]) -> dict[str, Any]:
-        """The checkpoint of the current weights (modules in eval mode)."""
-        raise NotImplementedError
-
-    def finish(self, run: Path) -> Any:
-        """After training, files of the run beyond the checkpoint; returns the data the
-        final evaluation uses."""
-        return self.data
 
 
 def train_epochs(cfg: TrainConfig, model: Trainable, show: bool) -> list[dict[str, Any]]:

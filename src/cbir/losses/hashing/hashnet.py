@@ -20,7 +20,8 @@ class HashNet(HashingLoss):
     i.e. the mean over similar pairs plus the mean over dissimilar pairs.
 
     Continuation: the trainer raises ``beta`` as training goes on, by calling
-    ``step_beta(iteration)``, which sets ``beta = init_beta * (1 + gamma * iteration) ** power``
+    ``on_step(iteration)`` (:meth:`step_beta`), which sets
+    ``beta = init_beta * (1 + gamma * iteration) ** power``
     (the official code does it every ``step_size = 200`` iterations with gamma = 0.005,
     power = 0.5), or by setting ``loss.beta`` directly. ``sign(u)`` gives the codes.
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
 from cbir.heads.learned import LearnedTransform
 from cbir.train.config import MethodOptions, TrainConfig
 from cbir.train.data import TrainData, evaluate_transform, load_data
-from cbir.train.loop import Trainable
+from cbir.train.loop import Model
 
 
-class Method:
+class Method(ABC):
     """One family of methods: its options, data, model and final evaluation.
 
     Subclasses set ``name`` (the family) and ``options`` (its options dataclass), and
@@ -24,12 +25,13 @@ class Method:
     #: Whether the run draws a t-SNE map of the query embedding (tsne.png).
     tsne: ClassVar[bool] = True
 
+    @abstractmethod
     def names(self) -> tuple[str, ...]:
         """The ``--method`` names this family trains."""
-        raise NotImplementedError
 
     def prepare(self, cfg: TrainConfig) -> None:
         """Check the options before any feature is computed (raise CbirError)."""
+        return None
 
     def accepts(self, data: Any) -> bool:
         """Whether ``data`` (loaded by the caller) is what :meth:`fit` trains on."""
@@ -39,21 +41,17 @@ class Method:
         """The training and evaluation data of a run (cached features)."""
         return load_data(cfg, progress=progress)
 
-    def fit(
-        self, cfg: TrainConfig, data: Any, show: bool
-    ) -> tuple[Trainable, list[dict[str, Any]]]:
+    @abstractmethod
+    def fit(self, cfg: TrainConfig, data: Any, show: bool) -> tuple[Model, list[dict[str, Any]]]:
         """Train on ``data`` (seeded by the caller): (the model, the rows of metrics.jsonl)."""
-        raise NotImplementedError
 
     def data_name(self, data: Any) -> str:
         """The protocol (or pair set) name in titles and final.json."""
         return data.protocol.name
 
-    def summary(self, data: Any, model: Trainable) -> dict[str, Any]:
+    def summary(self, data: Any, model: Model) -> dict[str, Any]:
         """final.json fields after ``train_seconds``."""
-        out: dict[str, Any] = {"n_train": len(data.x)}
-        out.update(getattr(model, "summary", {}))
-        return out
+        return {"n_train": len(data.x), **model.report}
 
     def final_eval(self, run: Path, data: Any, show: bool) -> dict[str, Any]:
         """Metrics of the saved run on the full protocol (final.json)."""

@@ -23,7 +23,7 @@ from cbir.heads.vsepp import JointEmbedding
 from cbir.losses.vsepp import VSELoss, vse_loss
 from cbir.train.config import JointOptions, TrainConfig
 from cbir.train.joint import JointData, evaluate_joint, load_joint_data
-from cbir.train.loop import Trainable, train_epochs
+from cbir.train.loop import Model, Trainable, train_epochs
 from cbir.train.methods.base import Method
 from cbir.train.runs import make_checkpoint
 
@@ -148,16 +148,14 @@ class JointMethod(Method):
     def load_data(self, cfg: TrainConfig, progress: bool | None = None) -> JointData:
         return load_joint_data(cfg, progress=progress)
 
-    def fit(
-        self, cfg: TrainConfig, data: Any, show: bool
-    ) -> tuple[Trainable, list[dict[str, Any]]]:
+    def fit(self, cfg: TrainConfig, data: Any, show: bool) -> tuple[Model, list[dict[str, Any]]]:
         model = JointModel(cfg, data)
         return model, train_epochs(cfg, model, show)
 
     def data_name(self, data: Any) -> str:
         return data.name
 
-    def summary(self, data: Any, model: Trainable) -> dict[str, Any]:
+    def summary(self, data: Any, model: Model) -> dict[str, Any]:
         return {
             "n_train": len(data.images),
             "n_train_captions": len(data.texts),

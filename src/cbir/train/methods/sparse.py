@@ -30,7 +30,7 @@ from cbir.heads.learned import LearnedTransform
 from cbir.heads.sparse import SPARSE_METHODS, SparseAutoencoder
 from cbir.train.config import SparseOptions, TrainConfig
 from cbir.train.data import TrainData, evaluate_transform
-from cbir.train.loop import Trainable, batches, train_epochs
+from cbir.train.loop import Model, Trainable, batches, train_epochs
 from cbir.train.methods.base import Method
 from cbir.train.runs import make_checkpoint
 
@@ -144,9 +144,7 @@ class SparseMethod(Method):
     def prepare(self, cfg: TrainConfig) -> None:
         sparse_options(cfg.method, cfg.options.loss_options, cfg.options.width)  # type: ignore[attr-defined]
 
-    def fit(
-        self, cfg: TrainConfig, data: Any, show: bool
-    ) -> tuple[Trainable, list[dict[str, Any]]]:
+    def fit(self, cfg: TrainConfig, data: Any, show: bool) -> tuple[Model, list[dict[str, Any]]]:
         model = SparseModel(cfg, data)
         rows = train_epochs(cfg, model, show)
         model.measure()

@@ -9,6 +9,7 @@ optional batch sampler (:mod:`cbir.samplers`), miner, and feedback pairs from an
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,7 +26,7 @@ from cbir.train.config import HashingOptions, MetricOptions, TrainConfig
 from cbir.train.data import TrainData, evaluate_transform
 from cbir.train.feedback import FeedbackTerm, load_feedback
 from cbir.train.finetune import Finetune
-from cbir.train.loop import Trainable, batches, train_epochs
+from cbir.train.loop import Model, Trainable, batches, train_epochs
 from cbir.train.methods.base import Method
 from cbir.train.runs import make_checkpoint
 
@@ -49,7 +50,6 @@ class SupervisedHead(Trainable):
         opts: Any = cfg.options
         self.cfg, self.data = cfg, data
         self.extra: dict[str, Any] = {}
-        self.summary: dict[str, Any] = {}
         # the backbone is trained too (cbir.train.finetune)
         self.finetune = None if opts.finetune is None else Finetune(cfg, opts.finetune, show)
         x_np = np.ascontiguousarray(data.x, np.float32)
@@ -82,19 +82,25 @@ class SupervisedHead(Trainable):
             xf = torch.from_numpy(((fb.features - self.mean) / std).astype(np.float32))
             self.feedback = FeedbackTerm(cfg.method, self.loss_fn, fb, xf, seed=cfg.seed)
             info = {"index": str(opts.feedback), **fb.summary(), "tuples": len(self.feedback)}
-            self.extra["feedback"] = self.summary["feedback"] = info
+            self.extra["feedback"] = info
         self.gen = np.random.default_rng(cfg.seed)
         self._last: tuple[Any, Tensor, Tensor] | None = None
 
+    @property
+    def report(self) -> dict[str, Any]:
+        return {"feedback": self.extra["feedback"]} if "feedback" in self.extra else {}
+
     # ------------------------------------------------------------ the family's part
+    @abstractmethod
     def make_loss(self, n_classes: int, n_train: int) -> nn.Module:
-        raise NotImplementedError
+        """The family's loss for ``n_classes`` classes and ``n_train`` training images."""
 
     def make_miner(self) -> Any:
         return None
 
+    @abstractmethod
     def loss(self, u: Tensor, it: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The loss of head outputs ``u`` of training images ``it``."""
 
     # ------------------------------------------------------------ the loop's part
     def param_groups(self) -> list[Any]:
@@ -195,9 +201,7 @@ class MetricHead(SupervisedHead):
 class _SupervisedMethod(Method):
     model: type[SupervisedHead]
 
-    def fit(
-        self, cfg: TrainConfig, data: Any, show: bool
-    ) -> tuple[Trainable, list[dict[str, Any]]]:
+    def fit(self, cfg: TrainConfig, data: Any, show: bool) -> tuple[Model, list[dict[str, Any]]]:
         model = self.model(cfg, data, show)
         return model, train_epochs(cfg, model, show)
 

@@ -13,7 +13,7 @@ import torch
 from cbir.heads.head import Head
 from cbir.train.config import TrainConfig, UnsupervisedOptions
 from cbir.train.data import TrainData
-from cbir.train.loop import Trainable
+from cbir.train.loop import Model
 from cbir.train.methods.base import Method
 from cbir.train.runs import make_checkpoint
 from cbir.unsupervised import ITQ, LSH, BinaryAutoencoder
@@ -61,7 +61,7 @@ FITS: dict[str, Callable[[TrainConfig, np.ndarray], Fitted]] = {
 }
 
 
-class FittedHead(Trainable):
+class FittedHead(Model):
     """A head fitted outside the loop (nothing left to train)."""
 
     def __init__(self, cfg: TrainConfig, data: TrainData, fitted: Fitted) -> None:
@@ -83,9 +83,7 @@ class UnsupervisedMethod(Method):
     def names(self) -> tuple[str, ...]:
         return tuple(FITS)
 
-    def fit(
-        self, cfg: TrainConfig, data: Any, show: bool
-    ) -> tuple[Trainable, list[dict[str, Any]]]:
+    def fit(self, cfg: TrainConfig, data: Any, show: bool) -> tuple[Model, list[dict[str, Any]]]:
         x = np.ascontiguousarray(data.x, np.float32)
         model = FittedHead(cfg, data, FITS[cfg.method](cfg, x))
         rows = [{"epoch": i + 1, "loss": float(v)} for i, v in enumerate(model.history or [0.0])]
