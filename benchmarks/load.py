@@ -3,7 +3,7 @@
     python benchmarks/load.py [--requests 10000] [--concurrency 8] [--workers 2]
 
 The index: the 70,000 Fashion-MNIST images as PNG files plus 30,000 transformed copies
-(:mod:`cbir.service.collection`; built once under ``$CBIR_CACHE/load``, the copies by
+(:mod:`cbir_testing.collection`; built once under ``$CBIR_CACHE/load``, the copies by
 ``cbir index`` itself). The server runs in its own process (uvicorn); wrk keeps
 ``--concurrency`` requests in flight for ``--requests`` searches by id and then as many
 searches by upload (each upload a new transformed copy of an indexed image, not in the
@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
-from cbir.service.collection import encode, load_index, transformed, write_collection
-from cbir.service.loadgen import (
+from cbir_testing.collection import encode, load_index, transformed, write_collection
+from cbir_testing.loadgen import (
     LoadResult,
     ServerProcess,
     id_request,
@@ -80,8 +80,13 @@ def faiss_alone(index_dir, ids: np.ndarray) -> dict:
     finally:
         faiss.omp_set_num_threads(os.cpu_count() or 1)
         store.close()
-    return {"p50_ms": pct(times, 50), "p99_ms": pct(times, 99), "qps": len(times) / sum(times),
-            "recall_at_10": float(recall), "n": len(times)}  # fmt: skip
+    return {
+        "p50_ms": pct(times, 50),
+        "p99_ms": pct(times, 99),
+        "qps": len(times) / sum(times),
+        "recall_at_10": float(recall),
+        "n": len(times),
+    }
 
 
 def embedding_alone(index_dir, bodies: list[bytes], threads: int) -> dict:
@@ -107,8 +112,13 @@ def embedding_alone(index_dir, bodies: list[bytes], threads: int) -> dict:
     with ThreadPoolExecutor(cores) as pool:
         list(pool.map(embed, bodies))
     par_qps = len(bodies) / (time.perf_counter() - t0)
-    return {"p50_ms": pct(one, 50), "p99_ms": pct(one, 99), "qps": len(one) / sum(one),
-            "qps_all_cores": par_qps, "n": len(one)}  # fmt: skip
+    return {
+        "p50_ms": pct(one, 50),
+        "p99_ms": pct(one, 99),
+        "qps": len(one) / sum(one),
+        "qps_all_cores": par_qps,
+        "n": len(one),
+    }
 
 
 def main() -> int:
@@ -118,16 +128,23 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="cbir serve --workers")
     p.add_argument("--embed-threads", type=int, default=1, help="cbir serve --embed-threads")
     p.add_argument("--index-type", default="HNSW32")
-    p.add_argument("--small", type=int, default=None, metavar="N",
-                   help="a smaller collection for a quick try: N test images + N/4 copies")  # fmt: skip
+    p.add_argument(
+        "--small",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a smaller collection for a quick try: N test images + N/4 copies",
+    )
     p.add_argument("--json", default=None, metavar="OUT.json")
     args = p.parse_args()
     t_build = time.perf_counter()
     limit, copies = ({"test": args.small}, args.small // 4) if args.small else (None, 30_000)
     index_dir, info = load_index(args.index_type, copies, limit, log=log)
     col = write_collection(index_dir.parent / index_dir.name.rsplit("-", 1)[0], copies, limit)
-    log(f"index {index_dir}: {info.images} images ({'reused' if info.reused else 'built'}"
-        f" in {time.perf_counter() - t_build:.0f} s)")  # fmt: skip
+    log(
+        f"index {index_dir}: {info.images} images ({'reused' if info.reused else 'built'}"
+        f" in {time.perf_counter() - t_build:.0f} s)"
+    )
 
     from cbir.index.store import IndexStore
 
@@ -176,20 +193,41 @@ def main() -> int:
             load_avg.append(os.getloadavg()[0])
             if wrk_available():
                 log(f"wrk: {args.requests} x {name}")
-                results.append(run_wrk(srv.url, reqs, args.requests, args.concurrency, name=name,
-                                       server_pid=srv.pid))  # fmt: skip
+                results.append(
+                    run_wrk(
+                        srv.url,
+                        reqs,
+                        args.requests,
+                        args.concurrency,
+                        name=name,
+                        server_pid=srv.pid,
+                    )
+                )
             log(f"httpx: {n_check} x {name}, answers checked")
-            results.append(run_load(srv.url, reqs[:n_check], n_check, args.concurrency, name=name,
-                                    check=check, server_pid=srv.pid))  # fmt: skip
+            results.append(
+                run_load(
+                    srv.url,
+                    reqs[:n_check],
+                    n_check,
+                    args.concurrency,
+                    name=name,
+                    check=check,
+                    server_pid=srv.pid,
+                )
+            )
         rss = srv.rss()
     targets = {"GET": 5.0, "POST": 40.0}
-    print(f"index: {info.images} images ({index_dir.name}, {args.index_type}); built in"
-          f" {info.commit_seconds:.0f} s (originals committed from cached features) +"
-          f" {info.cbir_index_seconds:.0f} s (`cbir index`: {info.embedded} copies embedded at"
-          f" {info.embedded_per_s:.0f} img/s, then the {args.index_type} index)")  # fmt: skip
-    print(f"cbir serve --workers {args.workers} --embed-threads {args.embed_threads};"
-          f" {args.concurrency} requests in flight; server RSS after the load {rss / 2**20:.0f} MiB;"
-          f" load average at start {', '.join(f'{x:.1f}' for x in load_avg)} on {os.cpu_count()} cores")  # fmt: skip
+    print(
+        f"index: {info.images} images ({index_dir.name}, {args.index_type}); built in"
+        f" {info.commit_seconds:.0f} s (originals committed from cached features) +"
+        f" {info.cbir_index_seconds:.0f} s (`cbir index`: {info.embedded} copies embedded at"
+        f" {info.embedded_per_s:.0f} img/s, then the {args.index_type} index)"
+    )
+    print(
+        f"cbir serve --workers {args.workers} --embed-threads {args.embed_threads};"
+        f" {args.concurrency} requests in flight; server RSS after the load {rss / 2**20:.0f} MiB;"
+        f" load average at start {', '.join(f'{x:.1f}' for x in load_avg)} on {os.cpu_count()} cores"
+    )
     print()
     print(
         "| load | client | requests | errors | p50 ms | p99 ms | q/s | server CPU ms/req | answers ok | target p50 |"
@@ -200,23 +238,39 @@ def main() -> int:
         ok = "" if r.checked_ok is None else f"{100 * r.checked_ok / max(r.requests, 1):.1f}%"
         cpu = "" if r.server_cpu_s is None else f"{1e3 * r.server_cpu_s / max(r.requests, 1):.2f}"
         met = "met" if r.p50_ms <= t and r.errors == 0 else "missed"
-        print(f"| {r.name} | {r.client} | {r.requests} | {r.errors} | {r.p50_ms:.1f} | {r.p99_ms:.1f}"
-              f" | {r.qps:.0f} | {cpu} | {ok} | <= {t:g} ms: {met} |")  # fmt: skip
-    print(f"| faiss search alone (same index, 1 thread, one query at a time) | - | {raw_faiss['n']} | 0"
-          f" | {raw_faiss['p50_ms']:.2f} | {raw_faiss['p99_ms']:.2f} | {raw_faiss['qps']:.0f} | |"
-          f" recall@10 {raw_faiss['recall_at_10']:.3f} vs exact | |")  # fmt: skip
-    print(f"| embedding alone (decode + onnxruntime, {args.embed_threads} thread, one at a time) | - |"
-          f" {raw_embed['n']} | 0 | {raw_embed['p50_ms']:.1f} | {raw_embed['p99_ms']:.1f} |"
-          f" {raw_embed['qps']:.0f} ({raw_embed['qps_all_cores']:.0f} on {os.cpu_count()} threads) | | | |")  # fmt: skip
+        print(
+            f"| {r.name} | {r.client} | {r.requests} | {r.errors} | {r.p50_ms:.1f} | {r.p99_ms:.1f}"
+            f" | {r.qps:.0f} | {cpu} | {ok} | <= {t:g} ms: {met} |"
+        )
+    print(
+        f"| faiss search alone (same index, 1 thread, one query at a time) | - | {raw_faiss['n']} | 0"
+        f" | {raw_faiss['p50_ms']:.2f} | {raw_faiss['p99_ms']:.2f} | {raw_faiss['qps']:.0f} | |"
+        f" recall@10 {raw_faiss['recall_at_10']:.3f} vs exact | |"
+    )
+    print(
+        f"| embedding alone (decode + onnxruntime, {args.embed_threads} thread, one at a time) | - |"
+        f" {raw_embed['n']} | 0 | {raw_embed['p50_ms']:.1f} | {raw_embed['p99_ms']:.1f} |"
+        f" {raw_embed['qps']:.0f} ({raw_embed['qps_all_cores']:.0f} on {os.cpu_count()} threads) | | | |"
+    )
     floor = args.concurrency / raw_embed["qps_all_cores"] * 1e3
     print()
-    print(f"With {args.concurrency} uploads in flight and the embedding alone at"
-          f" {raw_embed['qps_all_cores']:.0f}/s on all cores, no server can answer uploads with a"
-          f" mean latency under {floor:.0f} ms here (Little's law: in flight / throughput).")  # fmt: skip
+    print(
+        f"With {args.concurrency} uploads in flight and the embedding alone at"
+        f" {raw_embed['qps_all_cores']:.0f}/s on all cores, no server can answer uploads with a"
+        f" mean latency under {floor:.0f} ms here (Little's law: in flight / throughput)."
+    )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"build": info.to_dict(), "results": [r.summary() for r in results],
-                       "faiss_alone": raw_faiss, "embedding_alone": raw_embed}, f, indent=2)  # fmt: skip
+            json.dump(
+                {
+                    "build": info.to_dict(),
+                    "results": [r.summary() for r in results],
+                    "faiss_alone": raw_faiss,
+                    "embedding_alone": raw_embed,
+                },
+                f,
+                indent=2,
+            )
     return 0 if all(r.errors == 0 for r in results) else 1
 
 

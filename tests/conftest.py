@@ -10,9 +10,20 @@ import pytest
 from PIL import Image
 
 PHOTOS = [
-    "astronaut", "camera", "chelsea", "coffee", "coins", "horse", "moon",
-    "page", "rocket", "text", "immunohistochemistry", "hubble_deep_field", "logo",
-]  # fmt: skip
+    "astronaut",
+    "camera",
+    "chelsea",
+    "coffee",
+    "coins",
+    "horse",
+    "moon",
+    "page",
+    "rocket",
+    "text",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "logo",
+]
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -50,6 +61,16 @@ def photos_copy(photos_dir: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "photos"
     shutil.copytree(photos_dir, dst)
     return dst
+
+
+@pytest.fixture
+def small_index(tmp_path: Path, photos_copy: Path) -> tuple[Path, Path]:
+    """(photos folder, index) of a private copy of the 13 real photos, at size 64."""
+    from cbir.pipeline import index_folder
+
+    idx = tmp_path / "index"
+    index_folder(photos_copy, idx, size=64, workers=1, progress=False)
+    return photos_copy, idx
 
 
 def write_fashion_folder(root: Path, classes: dict[int, str], per_split: dict[str, int]) -> Path:

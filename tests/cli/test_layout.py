@@ -15,18 +15,11 @@ from cbir.errors import CbirError
 
 SRC = Path(cbir.__file__).resolve().parent
 CLI = SRC / "cli"
-#: The reliability harness's own scripts (``python -m cbir.reliability``) leave the
-#: runtime package in issue 14; until then they may parse their own arguments.
-HARNESS = {"reliability/__main__.py", "reliability/driver.py"}
 
 
 def library_files() -> list[Path]:
-    """Every source file of cbir outside ``cli/`` and the harness scripts."""
-    return [
-        p
-        for p in sorted(SRC.rglob("*.py"))
-        if CLI not in p.parents and p.relative_to(SRC).as_posix() not in HARNESS
-    ]
+    """Every source file of cbir outside ``cli/``."""
+    return [p for p in sorted(SRC.rglob("*.py")) if CLI not in p.parents]
 
 
 def test_only_cli_mentions_argparse():

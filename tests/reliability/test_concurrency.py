@@ -7,8 +7,8 @@ import pytest
 
 from cbir.index import vector_index
 from cbir.index.store import IndexStore, NewImage
-from cbir.reliability.suite import Counts, concurrency_tallies
 from cbir.search.searcher import Searcher
+from cbir_testing.reliability.suite import Counts, concurrency_tallies
 
 
 def test_searches_during_writes_fast(tmp_path):

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from cbir.index.check import check_index
 from cbir.index.store import IndexStore
-from cbir.reliability.check import check_index
-from cbir.reliability.crash import run_driver
-from cbir.reliability.suite import Counts, crash_tallies
+from cbir_testing.reliability.crash import run_driver
+from cbir_testing.reliability.suite import Counts, crash_tallies
 
 
 def _assert_clean(tallies):

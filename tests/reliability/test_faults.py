@@ -8,14 +8,14 @@ import pytest
 
 from cbir.errors import IndexWriteError
 from cbir.index.store import IndexStore
-from cbir.reliability.faults import (
+from cbir_testing.reliability.faults import (
     clear_cli_error,
     drop_dac,
     mount_problem,
     read_only_view,
     run_cli,
 )
-from cbir.reliability.suite import Counts, fault_tallies
+from cbir_testing.reliability.suite import Counts, fault_tallies
 
 
 def _check(tallies, counts):

@@ -17,8 +17,8 @@ from cbir.data.folder import find_images
 from cbir.data.images import decode, read_bytes
 from cbir.errors import ImageError
 from cbir.pipeline import index_folder
-from cbir.reliability.fuzz import CONTENT_KINDS, FS_KINDS, bases, generate
-from cbir.reliability.suite import Counts, fuzz_tallies
+from cbir_testing.reliability.fuzz_inputs import CONTENT_KINDS, FS_KINDS, bases, generate
+from cbir_testing.reliability.suite import Counts, fuzz_tallies
 
 
 def test_generated_inputs_cover_every_kind():
@@ -99,8 +99,13 @@ def test_a_file_name_that_is_not_utf8_fails_alone(tmp_path):
         f.write(bases()["JPEG"][1])
     s = index_folder(folder, tmp_path / "idx", size=64, workers=1, progress=False)
     assert s.indexed == s.total == 1
-    assert s.failed == [{"path": str(folder / "caf\\xe9.jpg"), "reason": "bad-name",
-                         "detail": "the file name is not UTF-8; rename it"}]  # fmt: skip
+    assert s.failed == [
+        {
+            "path": str(folder / "caf\\xe9.jpg"),
+            "reason": "bad-name",
+            "detail": "the file name is not UTF-8; rename it",
+        }
+    ]
     assert "bad-name" in "\n".join(s.lines())
 
 

@@ -1,5 +1,5 @@
 """The search-by-id fast path, `cbir serve --workers`, the loopback load generator and a short
-soak (the 10-minute one is `python -m cbir.reliability`, and marked slow here)."""
+soak (the 10-minute one is `python -m cbir_testing.reliability`, and marked slow here)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from cbir.service.app import create_app, fast_search_query
-from cbir.service.loadgen import (
+from cbir.service.app import create_app
+from cbir.service.guard import fast_search_query
+from cbir_testing.loadgen import (
     ServerProcess,
     id_request,
     run_load,
@@ -68,9 +69,13 @@ def test_load_on_cbir_serve_with_two_workers(base_index: Path, photos_dir: Path)
     with ServerProcess(base_index, "--embed-threads", "1", workers=2) as srv:
         assert srv.rss() > 50 * 2**20  # the parent and both workers are counted
         r = run_load(
-            srv.url, ids, 200, 8, server_pid=srv.pid,
+            srv.url,
+            ids,
+            200,
+            8,
+            server_pid=srv.pid,
             check=lambda q, j: j["results"][0]["id"] == q.expect,
-        )  # fmt: skip
+        )
         assert (r.requests, r.errors, r.checked_ok) == (200, 0, 200), r.error_samples
         assert r.p50_ms > 0 and r.p99_ms >= r.p50_ms and r.server_cpu_s > 0
         up = run_load(srv.url, _uploads(photos_dir), 16, 4, check=lambda q, j: bool(j["results"]))
@@ -90,7 +95,7 @@ def test_load_generator_refuses_other_hosts():
 
 
 def test_short_soak_memory_flat_no_errors(base_index: Path):
-    from cbir.reliability.soak import MAX_GROWTH_BYTES, run_soak
+    from cbir_testing.reliability.soak import MAX_GROWTH_BYTES, run_soak
 
     r = run_soak(base_index, seconds=8, warmup_s=3)
     assert r.errors == 0 and r.requests > 50, r.error_samples
@@ -99,8 +104,8 @@ def test_short_soak_memory_flat_no_errors(base_index: Path):
 
 @pytest.mark.slow
 def test_soak_ten_minutes_on_the_load_index():
-    from cbir.reliability.soak import run_soak
-    from cbir.service.collection import load_index
+    from cbir_testing.collection import load_index
+    from cbir_testing.reliability.soak import run_soak
 
     index_dir, _ = load_index()
     r = run_soak(index_dir, seconds=600)

@@ -10,7 +10,7 @@ from cbir.cli.common import AddCommand
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Run :func:`check_index` and print its report."""
-    from cbir.reliability.check import check_index
+    from cbir.index.check import check_index
 
     report = check_index(args.index_dir, hashes=not args.no_hashes)
     if args.json:

@@ -1,4 +1,4 @@
-"""Trial outcomes and the table ``python -m cbir.reliability`` prints."""
+"""Trial outcomes and the table ``python -m cbir_testing.reliability`` prints."""
 
 from __future__ import annotations
 

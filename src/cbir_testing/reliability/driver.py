@@ -1,6 +1,6 @@
 """The process the crash trials kill: one cbir write job that reports as it goes.
 
-Run as ``python -m cbir.reliability.driver JOB ...``. After every commit that returned,
+Run as ``python -m cbir_testing.reliability.driver JOB ...``. After every commit that returned,
 it prints one JSON line (and flushes), so the parent knows which commits finished
 before the kill. With ``--die-at N`` it kills itself with SIGKILL just before its N-th
 write step (a file rename, unlink or fsync, an SQL statement that writes, an SQLite
@@ -132,9 +132,14 @@ def job_index(args: argparse.Namespace) -> None:
     from cbir.pipeline import index_folder
 
     s = index_folder(
-        args.images, args.index, commit_every=args.commit_every, batch_size=args.batch_size,
-        size=args.size, workers=1, progress=False,
-    )  # fmt: skip
+        args.images,
+        args.index,
+        commit_every=args.commit_every,
+        batch_size=args.batch_size,
+        size=args.size,
+        workers=1,
+        progress=False,
+    )
     emit({"ev": "summary", "indexed": s.indexed, "total": s.total, "failed": len(s.failed)})
 
 
@@ -194,7 +199,7 @@ def job_read(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cbir.reliability.driver")
+    p = argparse.ArgumentParser(prog="python -m cbir_testing.reliability.driver")
     p.add_argument(
         "--die-at", type=int, default=0, help="SIGKILL self at this write step (0: never)"
     )

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cbir.index.store import IndexStore
-from cbir.reliability.corpus import write_corpus
-from cbir.reliability.crash import run_driver
-from cbir.reliability.report import Outcome
+from cbir_testing.reliability.corpus import write_corpus
+from cbir_testing.reliability.crash import run_driver
+from cbir_testing.reliability.report import Outcome
 
 K_ALL = 10_000
 #: Readers pause this long between searches (the machine has other work to do).
@@ -158,7 +158,7 @@ def run_concurrency(
             [
                 sys.executable,
                 "-m",
-                "cbir.reliability.driver",
+                "cbir_testing.reliability.driver",
                 "read",
                 str(index),
                 str(query),
@@ -170,7 +170,7 @@ def run_concurrency(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for _ in range(processes)
     ]
     lines: list[list[str]] = [[] for _ in procs]

@@ -249,9 +249,16 @@ def commit_originals(
                 with Image.open(p) as im:
                     wh = im.size
                 added.append(
-                    NewImage(p, hashlib.sha256(data).hexdigest(), len(data), st.st_mtime_ns,
-                             wh[0], wh[1], extra={"imagenet": classes[k]})
-                )  # fmt: skip
+                    NewImage(
+                        p,
+                        hashlib.sha256(data).hexdigest(),
+                        len(data),
+                        st.st_mtime_ns,
+                        wh[0],
+                        wh[1],
+                        extra={"imagenet": classes[k]},
+                    )
+                )
             store.commit(added, f)
     finally:
         store.close()

@@ -1,4 +1,4 @@
-"""``python -m cbir.reliability [--trials N] [--quick]``: run the suite, print the table."""
+"""``python -m cbir_testing.reliability [--trials N] [--quick]``: run the suite, print the table."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from cbir.reliability.report import notes, table
-from cbir.reliability.suite import FAMILIES, Counts, run_all
+from cbir_testing.reliability.report import notes, table
+from cbir_testing.reliability.suite import FAMILIES, Counts, run_all
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m cbir.reliability",
+        prog="python -m cbir_testing.reliability",
         description="Kill -9, write faults, malformed inputs and concurrent readers: prints "
         "fault, trials, failures, data lost. Exit 1 if any trial failed.",
     )
@@ -35,9 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=None, help="writer rounds of the concurrency run (default 5)"
     )
     p.add_argument(
-        "--soak", type=float, default=None, metavar="SECONDS",
+        "--soak",
+        type=float,
+        default=None,
+        metavar="SECONDS",
         help="seconds of the service soak on the 100k-image index (default 600; 0 skips it)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--quick", action="store_true", help="the fast part only (what the default tests run)"
     )

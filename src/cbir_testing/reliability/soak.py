@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from cbir.reliability.report import Outcome, Tally
+from cbir_testing.reliability.report import Outcome, Tally
 
 #: Allowed RSS growth from the end of the warm-up to the end of the run.
 MAX_GROWTH_BYTES = 32 * 1024 * 1024
@@ -55,7 +55,7 @@ class SoakResult:
 def soak_requests(index_dir: str | os.PathLike[str], n: int = 2000, seed: int = 0) -> list:
     """Searches by random ids, and uploads of mirrored indexed images (new content)."""
     from cbir.index.store import IndexStore
-    from cbir.service.loadgen import id_request, upload_request
+    from cbir_testing.loadgen import id_request, upload_request
 
     store = IndexStore.open(index_dir)
     try:
@@ -93,7 +93,7 @@ def run_soak(
     workers: int = 1,
 ) -> SoakResult:
     """``cbir serve index_dir`` under ``concurrency`` requests in flight for ``seconds``."""
-    from cbir.service.loadgen import RssSampler, ServerProcess, run_load, run_wrk, wrk_available
+    from cbir_testing.loadgen import RssSampler, ServerProcess, run_load, run_wrk, wrk_available
 
     reqs = soak_requests(index_dir)
     warm = min(60.0, seconds / 5) if warmup_s is None else warmup_s
@@ -104,10 +104,16 @@ def run_soak(
             else:
                 res = run_load(srv.url, reqs, 10**9, concurrency, max_seconds=seconds)
         return SoakResult(
-            seconds=res.seconds, requests=res.requests, errors=res.errors, p50_ms=res.p50_ms,
-            p99_ms=res.p99_ms, client=res.client, rss=rss.samples, warmup_s=warm,
+            seconds=res.seconds,
+            requests=res.requests,
+            errors=res.errors,
+            p50_ms=res.p50_ms,
+            p99_ms=res.p99_ms,
+            client=res.client,
+            rss=rss.samples,
+            warmup_s=warm,
             error_samples=res.error_samples,
-        )  # fmt: skip
+        )
 
 
 def soak_tally(index_dir: Path, seconds: float, log=print) -> Tally:

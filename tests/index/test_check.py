@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from cbir.cli import main
+from cbir.index.check import check_index
 from cbir.index.store import IndexStore
-from cbir.reliability.check import check_index
 
 
 def _meta(idx: Path, key: str):

@@ -1,6 +1,6 @@
 """The whole reliability suite: every fault family, tallied for the table.
 
-``python -m cbir.reliability`` runs :func:`run_all` with the release counts; the default
+``python -m cbir_testing.reliability`` runs :func:`run_all` with the release counts; the default
 test suite runs the same functions with small counts (see ``tests/reliability``).
 """
 
@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cbir.reliability.corpus import encode, variant, write_corpus
-from cbir.reliability.crash import CrashLab
-from cbir.reliability.report import Tally
+from cbir_testing.reliability.corpus import encode, variant, write_corpus
+from cbir_testing.reliability.crash import CrashLab
+from cbir_testing.reliability.report import Tally
 
 Log = Callable[[str], None]
 
@@ -39,9 +39,17 @@ class Counts:
     def quick(cls) -> Counts:
         """The fast part (the default test suite): 10 kills, 100 malformed inputs."""
         return cls(
-            kill_time=3, kill_step=3, kill_delete=2, kill_compact=2, faults=1, fuzz=100, rounds=1,
-            reader_threads=2, reader_processes=1, soak_seconds=0.0,
-        )  # fmt: skip
+            kill_time=3,
+            kill_step=3,
+            kill_delete=2,
+            kill_compact=2,
+            faults=1,
+            fuzz=100,
+            rounds=1,
+            reader_threads=2,
+            reader_processes=1,
+            soak_seconds=0.0,
+        )
 
 
 def _stderr(msg: str) -> None:
@@ -90,7 +98,7 @@ def fault_tallies(
     lab: CrashLab, workdir: Path, counts: Counts, seed: int = 0, log: Log = _stderr
 ) -> list[Tally]:
     """Read-only folder, permission denied, full disk, file size limit."""
-    from cbir.reliability.faults import FaultLab
+    from cbir_testing.reliability.faults import FaultLab
 
     extra = workdir / "extra-images"
     write_corpus(extra, 6, start=lab.n_images + 100)
@@ -130,7 +138,7 @@ def fuzz_tallies(
     index: Path, workdir: Path, counts: Counts, seed: int = 0, log: Log = _stderr
 ) -> list[Tally]:
     """Malformed inputs through ``cbir index``, ``cbir search`` and the upload endpoint."""
-    from cbir.reliability.fuzz import run_fuzz
+    from cbir_testing.reliability.fuzz import run_fuzz
 
     res = run_fuzz(counts.fuzz, workdir / "fuzz", index, seed=seed)
     out = []
@@ -149,7 +157,7 @@ def fuzz_tallies(
 
 def concurrency_tallies(workdir: Path, counts: Counts, log: Log = _stderr) -> list[Tally]:
     """Searches in threads and processes while uploads, deletes, index runs and compactions commit."""
-    from cbir.reliability.concurrency import run_concurrency
+    from cbir_testing.reliability.concurrency import run_concurrency
 
     res = run_concurrency(
         workdir / "concurrency", counts.rounds, counts.reader_threads, counts.reader_processes
@@ -177,7 +185,7 @@ def run_all(
     workdir: Path, counts: Counts, seed: int = 0, log: Log = _stderr, only: str | None = None
 ) -> list[Tally]:
     """Every family (or ``only`` one of :data:`FAMILIES`), in order; returns the tallies
-    for :func:`cbir.reliability.report.table`."""
+    for :func:`cbir_testing.reliability.report.table`."""
     workdir = Path(workdir)
     if only == "concurrency":
         return concurrency_tallies(workdir, counts, log)
@@ -202,8 +210,8 @@ def run_all(
 
 def soak_tallies(counts: Counts, log: Log = _stderr) -> Tally:
     """The service soak against the load benchmark's 100k-image index (built once, cached)."""
-    from cbir.reliability.soak import soak_tally
-    from cbir.service.collection import load_index
+    from cbir_testing.collection import load_index
+    from cbir_testing.reliability.soak import soak_tally
 
     index_dir, _ = load_index(log=log)
     return soak_tally(index_dir, counts.soak_seconds, log=log)

@@ -1,7 +1,7 @@
 """Crash safety: kill -9 a writer at random moments, then check what is left.
 
 Each trial copies a starting index, runs one write job in a subprocess
-(:mod:`cbir.reliability.driver`) and kills it with SIGKILL, either after a random time
+(:mod:`cbir_testing.reliability.driver`) and kills it with SIGKILL, either after a random time
 or at a random write step. Then:
 
 1. the index opens and :func:`check_index` finds no error;
@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from cbir.index import vector_index
+from cbir.index.check import check_index
 from cbir.index.store import IndexStore
-from cbir.reliability.check import check_index
-from cbir.reliability.corpus import write_corpus
-from cbir.reliability.report import Outcome
+from cbir_testing.reliability.corpus import write_corpus
+from cbir_testing.reliability.report import Outcome
 
 #: A job that runs longer than this is a hang (a failure).
 JOB_TIMEOUT_S = 180.0
@@ -56,15 +56,17 @@ class DriverRun:
 def run_driver(
     args: list[str], kill_after: float | None = None, timeout: float = JOB_TIMEOUT_S
 ) -> DriverRun:
-    """Run ``python -m cbir.reliability.driver ARGS``.
+    """Run ``python -m cbir_testing.reliability.driver ARGS``.
 
     With ``kill_after``, SIGKILL it that many seconds after its job started (imports
     done). ``seconds`` is the job's own time (from its start to its end).
     """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cbir.reliability.driver", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "cbir_testing.reliability.driver", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: list[str] = []
     err: list[str] = []
     started = threading.Event()
@@ -209,9 +211,16 @@ class CrashLab:
     # ---------------------------------------------------------------- helpers
     def _index_args(self, index: Path) -> list[str]:
         return [
-            "index", str(self.corpus), str(index), "--commit-every", str(self.commit_every),
-            "--batch-size", str(self.commit_every), "--size", str(self.size),
-        ]  # fmt: skip
+            "index",
+            str(self.corpus),
+            str(index),
+            "--commit-every",
+            str(self.commit_every),
+            "--batch-size",
+            str(self.commit_every),
+            "--size",
+            str(self.size),
+        ]
 
     def _index(self, index: Path) -> None:
         from cbir.pipeline import index_folder

@@ -332,9 +332,25 @@ def run_wrk(
                 f.write(b"%d\n" % len(raw) + raw)
         script = Path(tmp) / "replay.lua"
         script.write_text(WRK_LUA)
-        cmd = [wrk, "-t", str(threads), "-c", str(concurrency), "-d", f"{int(max_seconds)}s",
-               "--timeout", f"{int(timeout_s)}s", "-s", str(script), url, "--",
-               str(reqs), str(quota), tmp, str(threads)]  # fmt: skip
+        cmd = [
+            wrk,
+            "-t",
+            str(threads),
+            "-c",
+            str(concurrency),
+            "-d",
+            f"{int(max_seconds)}s",
+            "--timeout",
+            f"{int(timeout_s)}s",
+            "-s",
+            str(script),
+            url,
+            "--",
+            str(reqs),
+            str(quota),
+            tmp,
+            str(threads),
+        ]
         c0 = os.times()
         s0 = cpu_seconds(server_pid) if server_pid else 0.0
         t0 = time.perf_counter()

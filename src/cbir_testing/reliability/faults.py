@@ -33,14 +33,20 @@ from pathlib import Path
 
 import numpy as np
 
-from cbir.reliability.check import check_index
-from cbir.reliability.report import Outcome
+from cbir.index.check import check_index
+from cbir_testing.reliability.report import Outcome
 
 #: Phrases a write-fault error names its cause with (strerror texts and cbir's own).
 CAUSES = (
-    "Read-only file system", "not writable", "Permission denied", "No space left on device",
-    "database or disk is full", "File too large", "disk I/O error", "readonly database",
-)  # fmt: skip
+    "Read-only file system",
+    "not writable",
+    "Permission denied",
+    "No space left on device",
+    "database or disk is full",
+    "File too large",
+    "disk I/O error",
+    "readonly database",
+)
 CLI_TIMEOUT_S = 180
 PR_CAPBSET_DROP = 24
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
@@ -126,8 +132,11 @@ def run_cli(
     try:
         return subprocess.run(
             [sys.executable, "-m", "cbir.cli", *args],
-            capture_output=True, text=True, timeout=CLI_TIMEOUT_S, preexec_fn=preexec,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_S,
+            preexec_fn=preexec,
+        )
     except subprocess.TimeoutExpired as e:
         return subprocess.CompletedProcess(
             e.cmd, 124, str(e.stdout or ""), f"timed out after {CLI_TIMEOUT_S} s"

@@ -15,9 +15,20 @@ from PIL import Image
 
 #: scikit-image's bundled photos (no download).
 PHOTOS = (
-    "astronaut", "camera", "chelsea", "coffee", "coins", "horse", "moon",
-    "page", "rocket", "text", "immunohistochemistry", "hubble_deep_field", "logo",
-)  # fmt: skip
+    "astronaut",
+    "camera",
+    "chelsea",
+    "coffee",
+    "coins",
+    "horse",
+    "moon",
+    "page",
+    "rocket",
+    "text",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "logo",
+)
 #: Longest side of corpus images (small keeps the trials quick; they are still photos).
 MAX_SIDE = 256
 

@@ -1,0 +1,368 @@
+"""The Service object behind the routes: one searcher over one index, embedding of
+uploads, thumbnails, feedback, and writes (add, delete) through :mod:`cbir.ops`.
+
+Reads (search, images, thumbnails) share one :class:`Searcher`, which picks up each new
+commit; a search whose index generation changed while it ran is retried, so a response
+reflects the index before an add/delete or after it, never half. Writes are serialised in
+this process (the API key they need is checked by :mod:`cbir.service.guard`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from fastapi import UploadFile
+from PIL import Image
+
+from cbir import ops
+from cbir.data.images import decode, read_bytes, sniff
+from cbir.errors import CbirError, ImageError
+from cbir.search.searcher import Hit, Searcher
+from cbir.service.metrics import Metrics
+from cbir.service.schemas import ApiError, FeedbackIn, FeedbackOut, HitOut, SearchOut
+from cbir.utils import atomic_write_bytes
+
+T = TypeVar("T")
+
+#: Brute-force searches over at most this many floats (index size x dimension) run inline.
+INLINE_WORK = 1 << 24
+
+
+def open_searcher(index_dir: str | os.PathLike[str], store: str | None = None) -> Searcher:
+    """The searcher of ``index_dir``: its faiss index, or ``store`` (``milvus:URI[#coll]``,
+    ``shards:DIR``) as ``cbir search --store`` has it."""
+    if not store:
+        return Searcher(index_dir)
+    from cbir.distributed.stores import open_store_searcher
+
+    return open_store_searcher(index_dir, store)
+
+
+def one_omp_thread() -> None:
+    """Run faiss searches of this thread on one OpenMP thread (libgomp keeps it per thread).
+
+    The service searches one query per request and gets its parallelism from concurrent
+    requests. A team of OpenMP threads per single query waits at every barrier for a core:
+    on a busy 2-core machine an HNSW search of one query took 20 ms with 2 threads and
+    0.2 ms with 1 (see benchmarks/load.py).
+    """
+    import faiss
+
+    if faiss.omp_get_max_threads() != 1:
+        faiss.omp_set_num_threads(1)
+
+
+class _LRU:
+    """A small thread-safe LRU bounded by total bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._d: OrderedDict[Any, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> bytes | None:
+        with self._lock:
+            v = self._d.get(key)
+            if v is not None:
+                self._d.move_to_end(key)
+            return v
+
+    def put(self, key: Any, value: bytes) -> None:
+        if len(value) > self.max_bytes:
+            return
+        with self._lock:
+            old = self._d.pop(key, None)
+            self._size -= len(old) if old is not None else 0
+            self._d[key] = value
+            self._size += len(value)
+            while self._size > self.max_bytes:
+                _, v = self._d.popitem(last=False)
+                self._size -= len(v)
+
+
+class Service:
+    """What the routes share: the searcher, the write lock, caches and metrics."""
+
+    def __init__(
+        self,
+        index_dir: str | os.PathLike[str],
+        *,
+        max_upload_bytes: int,
+        max_k: int,
+        thumb_size: int,
+        write_wait_s: float = 30.0,
+        store: str | None = None,
+        embed_threads: int | None = None,
+    ) -> None:
+        self.index_dir = Path(index_dir)
+        self.store_spec = store
+        self.searcher = open_searcher(index_dir, store)
+        self.store = self.searcher.store
+        self.embed_threads = embed_threads
+        self._backbone: Any = None
+        self.max_upload_bytes = max_upload_bytes
+        self.max_k = max_k
+        self.thumb_size = thumb_size
+        self.write_wait_s = write_wait_s
+        self.write_lock = threading.Lock()
+        self.metrics = Metrics()
+        self.thumbs = _LRU(32 * 1024 * 1024)
+        self.recent_queries = _LRU(64 * 1024 * 1024)
+        self._feedback_store: Any = None
+        index_type = str(self.store.config.get("index_type", ""))
+        #: Brute-force float search: its cost grows with the index (see :meth:`inline_ok`).
+        self._exhaustive = self.store.config.get("kind", "float") == "float" and not any(
+            t in index_type.upper() for t in ("HNSW", "IVF", "NSG", "LSH")
+        )
+
+    # ------------------------------------------------------------ embedding
+    @property
+    def backbone(self) -> Any:
+        """The index's backbone, with ``embed_threads`` onnxruntime threads per run."""
+        if self._backbone is None:
+            if self.embed_threads is None:
+                self._backbone = self.searcher.backbone
+            else:
+                from cbir.backbones.registry import backbone_for
+
+                # refuses another model with a clear message
+                self._backbone = backbone_for(self.store, threads=self.embed_threads)
+        return self._backbone
+
+    def embed(self, data: bytes, name: str) -> np.ndarray:
+        """Backbone features (1, dim) of an uploaded image; ImageError if it is not one."""
+        bb = self.backbone
+        img = decode(data, name, draft_size=bb.preprocess.size)
+        return bb.run(bb.preprocess(img)[None])[0]
+
+    def after_write(self) -> None:
+        """Bring ``--store`` (Milvus collection, shard files) in step, then reload."""
+        if self.store_spec:
+            from cbir.distributed.stores import sync_store
+
+            milvus = getattr(self.searcher, "milvus", None)
+            if milvus is not None:
+                from cbir.index.store import IndexStore
+
+                st = IndexStore.open(self.index_dir)
+                try:
+                    milvus.sync(st)
+                finally:
+                    st.close()
+            else:
+                sync_store(str(self.index_dir), self.store_spec)
+        self.searcher.refresh()
+
+    # --------------------------------------------------------------- writes
+    def add(self, data: bytes, name: str, tags: str | None) -> ops.Added:
+        """Add the uploaded image ``data`` (tags comma-separated), then reload."""
+        with self.write_lock:
+            added = ops.add_image_bytes(self.index_dir, data, name, tags, wait_s=self.write_wait_s)
+        self.after_write()
+        return added
+
+    def delete(self, id_: int) -> list[int]:
+        """Delete image ``id_`` (404 if there is none), then reload."""
+        with self.write_lock:
+            deleted = ops.delete_ids(self.index_dir, [id_], wait_s=self.write_wait_s)
+        if not deleted:
+            raise ApiError(404, f"no image with id {id_}", "unknown-id")
+        self.after_write()
+        return deleted
+
+    # --------------------------------------------------------------- search
+    def threshold(self) -> float | None:
+        """The no-match threshold stored in the index meta (a number or {"score": ...})."""
+        t = self.store.get_meta("threshold")
+        if isinstance(t, dict):
+            t = t.get("score")
+        return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
+
+    def consistent_read(self, run: Callable[[], T]) -> tuple[T, int]:
+        """Run a read until no commit happened during it; returns (result, generation)."""
+        for attempt in range(20):
+            g0 = self.store.generation
+            try:
+                out = run()
+            except ImageError:
+                raise
+            except CbirError:
+                if self.store.generation == g0 or attempt == 19:
+                    raise
+                continue  # a file of the old generation went away under us: read again
+            if self.store.generation == g0:
+                return out, g0
+        return out, g0
+
+    def search(
+        self, features: np.ndarray, k: int, tag: str | None, where: Any = None
+    ) -> tuple[list[tuple[Hit, Any]], int]:
+        """Top-``k`` (hit, row) pairs (with ``tag`` only, if given; passing the parsed
+        ``where`` filter, if given) at one generation."""
+
+        def run() -> list[tuple[Hit, Any]]:
+            one_omp_thread()
+            kk = k if not tag else max(4 * k, 64)
+            while True:
+                if where is None:
+                    hits = self.searcher.search_features(features, kk)[0]
+                else:  # k passing images whenever k pass (cbir.search.filtered)
+                    hits = self.searcher.search_features(features, kk, where)[0]
+                rows = {r["id"]: r for r in self.store.rows([h.id for h in hits])}
+                pairs = [(h, rows[h.id]) for h in hits if h.id in rows]
+                if tag:
+                    pairs = [(h, r) for h, r in pairs if tag in ops.tag_set(r["tags"])]
+                if len(pairs) >= k or len(hits) < kk:  # enough, or the whole index seen
+                    return pairs[:k]
+                n = len(self.searcher)  # COUNT(*): only when filtering needs more
+                if kk >= n:
+                    return pairs[:k]
+                kk = min(kk * 4, n)
+
+        return self.consistent_read(run)
+
+    def inline_ok(self) -> bool:
+        """Whether a search by id may run on the event loop instead of a worker thread.
+
+        Yes when the loaded index is current and answers in well under a millisecond: an
+        HNSW, IVF or binary index, or brute force over at most :data:`INLINE_WORK` floats.
+        The hop to a worker thread and back costs more than such a search (about a fifth of
+        the server's CPU per request, see benchmarks/load.py). An index reload, Milvus,
+        shards and large brute-force searches go to the thread pool.
+        """
+        s = self.searcher
+        if type(s) is not Searcher or s._index is None or s._gen != self.store.generation:
+            return False
+        return not self._exhaustive or int(s._index.ntotal) * s.transform.dim <= INLINE_WORK
+
+    def features_of(self, id_: int) -> np.ndarray:
+        if self.store.row(id_) is None:
+            raise ApiError(404, f"no image with id {id_}", "unknown-id")
+        try:
+            return self.store.features([id_])
+        except CbirError:
+            raise ApiError(404, f"no image with id {id_}", "unknown-id") from None
+
+    def search_out(
+        self, query: str, features: np.ndarray, k: int, tag: str | None, where: str | None = None
+    ) -> SearchOut:
+        if not 1 <= k <= self.max_k:
+            raise ApiError(422, f"k must be between 1 and {self.max_k}", "bad-k")
+        tag = (tag or "").strip().lower() or None
+        where = (where or "").strip() or None
+        if where is not None and type(self.searcher) is not Searcher:
+            raise ApiError(400, "where filters need the embedded index (not --store)", "bad-where")
+        parsed = self.searcher.where(where)  # a bad filter: CbirError -> 400 saying what is allowed
+        pairs, gen = self.search(features, k, tag, parsed)
+        thr = self.threshold()
+        results = [
+            HitOut(
+                rank=i + 1,
+                id=h.id,
+                path=h.path,
+                score=h.score,
+                distance=h.distance,
+                tags=[t for t in r["tags"].split(",") if t],
+                thumb=f"/thumbs/{h.id}",
+                image=f"/images/{h.id}",
+            )
+            for i, (h, r) in enumerate(pairs)
+        ]
+        no_match = thr is not None and (not results or results[0].score < thr)
+        return SearchOut(
+            query=query,
+            k=k,
+            tag=tag,
+            where=where,
+            threshold=thr,
+            no_match=no_match,
+            generation=gen,
+            results=results,
+        )
+
+    # --------------------------------------------------------------- images
+    def read_upload(self, file: UploadFile) -> bytes:
+        """The uploaded bytes, refused (413) past the size limit."""
+        data = file.file.read(self.max_upload_bytes + 1)
+        if len(data) > self.max_upload_bytes:
+            raise ApiError(
+                413, f"upload larger than the limit of {self.max_upload_bytes} bytes", "too-large"
+            )
+        return data
+
+    def row_or_404(self, id_: int) -> Any:
+        row = self.store.row(id_)
+        if row is None:
+            raise ApiError(404, f"no image with id {id_}", "unknown-id")
+        return row
+
+    def thumbnail(self, id_: int) -> tuple[bytes, str]:
+        row = self.row_or_404(id_)
+        key = (id_, row["sha256"], self.thumb_size)
+        data = self.thumbs.get(key)
+        if data is None:
+            try:
+                img = decode(read_bytes(row["path"]), row["path"], draft_size=self.thumb_size)
+            except ImageError as e:
+                raise ApiError(
+                    404, f"image {id_} cannot be read any more ({e.reason})", "file-unreadable"
+                ) from None
+            img.thumbnail((self.thumb_size, self.thumb_size), Image.BICUBIC)
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=82)
+            data = buf.getvalue()
+            self.thumbs.put(key, data)
+        return data, row["sha256"]
+
+    # ------------------------------------------------------------- feedback
+    def add_feedback(self, fb: FeedbackIn) -> FeedbackOut:
+        self.row_or_404(fb.result_id)
+        saved = False
+        if fb.query.startswith("sha256:"):
+            sha = fb.query[7:]
+            data = self.recent_queries.get(sha)
+            if data is not None:
+                ext = ops.EXTENSIONS.get(sniff(data[:16]) or "", "img")
+                path = self.index_dir / "queries" / f"{sha}.{ext}"
+                if not path.exists():
+                    atomic_write_bytes(path, data)
+                saved = True
+            else:
+                saved = any((self.index_dir / "queries").glob(f"{sha}.*"))
+        elif self.store.row(int(fb.query[3:])) is None:
+            raise ApiError(404, f"the query {fb.query} is not in the index", "unknown-id")
+        with self.write_lock:
+            if self._feedback_store is None:
+                from cbir.index.store import IndexStore
+
+                self._feedback_store = IndexStore.open(self.index_dir)
+            fid = self._feedback_store.add_feedback(fb.query, fb.result_id, fb.relevant)
+        return FeedbackOut(id=fid, query_saved=saved)
+
+    def gauges(self) -> dict[str, tuple[str, float]]:
+        fb = self.store.conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
+        return {
+            "cbir_index_images": ("Images in the index.", float(self.store.count())),
+            "cbir_index_generation": (
+                "Commit generation of the index.",
+                float(self.store.generation),
+            ),
+            "cbir_index_bytes": (
+                "Size of the index directory's files.",
+                float(self.store.size_on_disk()),
+            ),
+            "cbir_feedback_items": ("Feedback judgements stored.", float(fb)),
+        }
+
+    def close(self) -> None:
+        self.searcher.close()
+        if self._feedback_store is not None:
+            self._feedback_store.close()
