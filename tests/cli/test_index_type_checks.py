@@ -18,7 +18,7 @@ import pytest
 from cbir import pipeline
 from cbir.cli import main
 from cbir.index import faiss_index
-from cbir.reliability.check import check_index
+from cbir.index.check import check_index
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from cbir.cli import main
+from cbir.index.check import check_index
 from cbir.index.store import IndexStore
 from cbir.pipeline import index_folder
-from cbir.reliability.check import check_index
 
 
 @pytest.fixture(scope="module")
