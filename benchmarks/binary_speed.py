@@ -31,8 +31,8 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 
+from cbir.codes.bits import popcount
 from cbir.index.binary_index import BinaryIndex, make_binary_index
-from cbir.index.mih import popcount
 
 
 def log(msg: str) -> None:

@@ -277,13 +277,12 @@ def index_folder(
         )
     transform = None
     if model is not None:
+        from cbir.codes.registry import code_kind
         from cbir.heads.learned import LearnedTransform
 
         transform = LearnedTransform.from_path(model)
-        if index_type is None and not IndexStore.exists(index_dir) and transform.kind == "binary":
-            index_type = "BFlat"
-        if index_type is None and not IndexStore.exists(index_dir) and transform.kind == "sparse":
-            index_type = "Inverted"  # posting lists over the active units (cbir.index.sparse)
+        if index_type is None and not IndexStore.exists(index_dir):
+            index_type = code_kind(transform).default_index_type  # BFlat, Inverted, Flat
     store = create_or_open(
         index_dir,
         index_type,

@@ -14,15 +14,14 @@ pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
 from cbir.cli import main  # noqa: E402
-from cbir.distributed.milvus_store import (  # noqa: E402
-    MilvusSearcher,
+from cbir.errors import CbirError  # noqa: E402
+from cbir.index.backends.milvus import (  # noqa: E402
     MilvusStore,
     filter_expr,
     milvus_index,
     open_for_store,
 )
-from cbir.distributed.shards import exact_topk  # noqa: E402
-from cbir.errors import CbirError  # noqa: E402
+from cbir.index.backends.shards import exact_topk  # noqa: E402
 from cbir.index.store import IndexStore  # noqa: E402
 from cbir.search.searcher import Searcher  # noqa: E402
 from cbir.unsupervised.lsh import LSH  # noqa: E402
@@ -153,7 +152,7 @@ def test_cli_index_and_search_against_milvus(lite, photos_dir, tmp_path, capsys)
         assert [h["id"] for h in milvus] == [h["id"] for h in local]
         assert [h["score"] for h in milvus] == pytest.approx([h["score"] for h in local], abs=1e-5)
         assert milvus[0]["path"] == str(q)
-    s = MilvusSearcher(idx, spec)
+    s = Searcher(idx, backend=spec)
     try:
         first = s.search_id(1, k=3)
     finally:

@@ -71,8 +71,11 @@ def test_serve_from_milvus_equals_faiss(idx: Path, tmp_path: Path):
         img = Image.open(src).convert("RGB").transpose(Image.FLIP_TOP_BOTTOM)
         buf = io.BytesIO()
         img.save(buf, "PNG")
-        r = c.post("/images", files={"file": ("new.png", buf.getvalue(), "image/png")},
-                   headers={"X-API-Key": KEY})  # fmt: skip
+        r = c.post(
+            "/images",
+            files={"file": ("new.png", buf.getvalue(), "image/png")},
+            headers={"X-API-Key": KEY},
+        )
         assert r.status_code == 201, r.text
         new = r.json()["id"]
         top = c.get(f"/search?id={new}&k=3").json()["results"]
@@ -89,7 +92,7 @@ def test_serve_from_milvus_equals_faiss(idx: Path, tmp_path: Path):
 
 
 def test_serve_from_shards_equals_faiss(idx: Path, tmp_path: Path):
-    from cbir.distributed.shards import ShardedIndex
+    from cbir.index.backends.shards import ShardedIndex
 
     store = IndexStore.open(idx)
     try:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from cbir.cli import main
-from cbir.distributed.shards import ShardedIndex, ShardSearcher, exact_topk, merge_topk
 from cbir.errors import CbirError
+from cbir.index.backends.shards import ShardedIndex, exact_topk, merge_topk
 from cbir.index.store import IndexStore
 from cbir.search.searcher import Searcher
 from tests.distributed.conftest import faiss_reference
@@ -152,6 +152,6 @@ def test_stale_shards_are_refused(tmp_path, crops_index):
     finally:
         store.close()
     with pytest.raises(CbirError, match="generation"):
-        ShardSearcher(idx, tmp_path / "s")
+        Searcher(idx, backend=f"shards:{tmp_path / 's'}")
     with pytest.raises(CbirError, match="no shards.json"):
         ShardedIndex.open(Path(tmp_path / "nothing"))

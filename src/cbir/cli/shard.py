@@ -87,7 +87,7 @@ def open_searcher(args: argparse.Namespace) -> Searcher | None:
 
 def cmd_shard(args: argparse.Namespace) -> int:
     """Split the index into shard files and print them."""
-    from cbir.distributed.shards import ShardedIndex
+    from cbir.index.backends.shards import ShardedIndex
     from cbir.index.store import IndexStore
 
     if not args.shards and not args.ids_per_shard:

@@ -1,8 +1,8 @@
 """External vector stores of an index, named by a spec string.
 
-- ``shards:DIR``: id-range shard files (:mod:`cbir.distributed.shards`), searched together
-  with an exact merge.
-- ``milvus:URI[#collection]``: a Milvus collection (:mod:`cbir.distributed.milvus_store`;
+- ``shards:DIR``: id-range shard files (:mod:`cbir.index.backends.shards`), searched
+  together with an exact merge.
+- ``milvus:URI[#collection]``: a Milvus collection (:mod:`cbir.index.backends.milvus`;
   URI ``http://host:19530`` or a Milvus Lite ``FILE.db``).
 
 pymilvus is imported only when a Milvus spec is given (the ``milvus`` extra).
@@ -37,7 +37,7 @@ def sync_store(index_dir: str | os.PathLike[str], spec: str | None) -> dict[str,
     store = IndexStore.open(index_dir)
     try:
         if spec.startswith(SHARDS_PREFIX):
-            from cbir.distributed.shards import MANIFEST, ShardedIndex
+            from cbir.index.backends.shards import MANIFEST, ShardedIndex
 
             root = spec[len(SHARDS_PREFIX) :]
             n_shards, per = None, DEFAULT_IDS_PER_SHARD
@@ -46,7 +46,7 @@ def sync_store(index_dir: str | os.PathLike[str], spec: str | None) -> dict[str,
                     n_shards, per = len(json.load(f)["shards"]), None
             sh = ShardedIndex.from_store(store, root, n_shards=n_shards, ids_per_shard=per)
             return {"store": spec, "shards": len(sh.shards), "total": sh.ntotal}
-        from cbir.distributed.milvus_store import open_for_store
+        from cbir.index.backends.milvus import open_for_store
 
         with open_for_store(spec, store) as m:
             return {"store": spec, **m.sync(store)}
@@ -64,12 +64,8 @@ def open_store_searcher(
         spec: ``shards:DIR`` or ``milvus:URI[#collection]``.
         tags: only images with all these tags (Milvus only).
     """
-    if spec.startswith(SHARDS_PREFIX):
-        if tags:
-            raise CbirError("tags filter a Milvus store only (milvus:URI), not shard files")
-        from cbir.distributed.shards import ShardSearcher
+    from cbir.search.searcher import Searcher
 
-        return ShardSearcher(str(index_dir), spec[len(SHARDS_PREFIX) :])
-    from cbir.distributed.milvus_store import MilvusSearcher
-
-    return MilvusSearcher(str(index_dir), spec, tags=list(tags))
+    if spec.startswith(SHARDS_PREFIX) and tags:
+        raise CbirError("tags filter a Milvus store only (milvus:URI), not shard files")
+    return Searcher(index_dir, backend=spec, tags=tags)

@@ -53,6 +53,8 @@ from typing import Any
 
 import numpy as np
 
+from cbir.codes.bits import as_words, hamming_words
+
 __all__ = ["TIES", "evaluate_retrieval", "hamming_distances", "nmi", "relevance"]
 
 TIES = (
@@ -71,8 +73,8 @@ _INT32_MAX = np.iinfo(np.int32).max
 # ---------------------------------------------------------------------------- helpers
 def hamming_distances(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
     """Hamming distances ``(len(queries), len(database))`` between packed uint8 codes."""
-    q, db = _as_words(queries), _as_words(database)
-    return _hamming_words(q, db, q.shape[1] * 64)
+    q, db = as_words(queries), as_words(database)
+    return hamming_words(q, db, q.shape[1] * 64)
 
 
 def _is_sparse(x: Any) -> bool:
@@ -94,41 +96,6 @@ def relevance(query_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
     if ql.ndim == 1:
         return ql[:, None] == dbl[None, :]
     return (ql.astype(np.float32) @ dbl.astype(np.float32).T) > 0
-
-
-def _as_words(codes: np.ndarray) -> np.ndarray:
-    """Packed uint8 codes as uint64 words (zero-padded to a multiple of 8 bytes)."""
-    codes = np.asarray(codes)
-    if codes.dtype != np.uint8 or codes.ndim != 2:
-        raise ValueError(
-            f"binary codes must be a 2-D uint8 array (packed bits, faiss IndexBinary "
-            f"layout), got {codes.dtype} with shape {codes.shape}; pack them with np.packbits"
-        )
-    pad = -codes.shape[1] % 8
-    if pad:
-        codes = np.concatenate([codes, np.zeros((len(codes), pad), np.uint8)], axis=1)
-    return np.ascontiguousarray(codes).view(np.uint64)
-
-
-if hasattr(np, "bitwise_count"):  # numpy >= 2.0
-
-    def _popcount(x: np.ndarray) -> np.ndarray:
-        return np.bitwise_count(x)
-
-else:  # pragma: no cover - numpy < 2
-    _BYTE_COUNTS = np.array([bin(i).count("1") for i in range(256)], np.uint8)
-
-    def _popcount(x: np.ndarray) -> np.ndarray:
-        return _BYTE_COUNTS[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1, dtype=np.uint8)
-
-
-def _hamming_words(q: np.ndarray, db: np.ndarray, bits: int) -> np.ndarray:
-    """Distances between uint64-word codes: XOR and popcount, one word at a time."""
-    dtype = np.uint8 if bits <= 248 else np.uint16  # room for a sentinel at bits + 1
-    out = np.zeros((len(q), len(db)), dtype)
-    for w in range(q.shape[1]):
-        out += _popcount(q[:, w, None] ^ db[None, :, w])
-    return out
 
 
 class _Tables:
@@ -234,8 +201,14 @@ class _Cut:
 class _Evaluator:
     """Blocks of queries against the whole database; per-query figures kept by index."""
 
-    def __init__(self, queries: np.ndarray, database: np.ndarray, ql: np.ndarray,
-                 dbl: np.ndarray, opts: dict[str, Any]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        queries: np.ndarray,
+        database: np.ndarray,
+        ql: np.ndarray,
+        dbl: np.ndarray,
+        opts: dict[str, Any],
+    ) -> None:
         self.o = opts
         self.binary = opts["metric"] == "hamming"
         self.exclude_self = opts["exclude_self"]
@@ -245,7 +218,7 @@ class _Evaluator:
         self.sparse = _is_sparse(queries)
         self.ncol = N - 1 if self.exclude_self else N
         if self.binary:
-            self.q, self.db = _as_words(queries), _as_words(database)
+            self.q, self.db = as_words(queries), as_words(database)
             self.bits = database.shape[1] * 8
         else:
             if self.sparse:  # scipy sparse rows: scored by sparse products
@@ -283,8 +256,9 @@ class _Evaluator:
             return (self.ql[a:b] @ self.dblT) > 0
         return self.ql[a:b, None] == self.dbl[None, :]
 
-    def _figures(self, a: int, R: np.ndarray, cut: Any, map_sum: np.ndarray,
-                 ordered_sum: np.ndarray) -> None:  # fmt: skip
+    def _figures(
+        self, a: int, R: np.ndarray, cut: Any, map_sum: np.ndarray, ordered_sum: np.ndarray
+    ) -> None:
         """The rank-based figures of a block from ``cut(k) -> _Cut`` (k per query)."""
         o, rows, ncol = self.o, len(R), self.ncol
         Rs = np.maximum(R, 1).astype(np.float64)  # rows with R = 0 are masked at the end
@@ -436,7 +410,7 @@ class _Evaluator:
     # ------------------------------------------------------------ binary codes
     def binary_block(self, a: int, b: int) -> None:
         rows, ncol, bits = b - a, self.ncol, self.bits
-        dist = _hamming_words(self.q[a:b], self.db, bits)
+        dist = hamming_words(self.q[a:b], self.db, bits)
         rel = self._relevance(a, b)
         if self.exclude_self:
             rowi = np.arange(rows)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from cbir.codes.registry import code_kind
 from cbir.utils import atomic_write_bytes, atomic_write_json
 
 
@@ -104,24 +105,12 @@ def top_k(
 ) -> np.ndarray:
     """Indices of the top-``k`` database items for each query row (exact)."""
     q, db = transform(qf), transform(dbf)
-    if transform.kind == "binary":
-        qb = np.unpackbits(q, axis=1).astype(np.int16)
-        dbb = np.unpackbits(db, axis=1).astype(np.int16)
-        dist = (qb[:, None, :] != dbb[None, :, :]).sum(-1) if len(db) < 5000 else _hamming(qb, dbb)
-        score = -dist.astype(np.float64)
-    else:
-        score = q @ db.T
-        if hasattr(score, "toarray"):  # sparse codes (cbir.heads.sparse)
-            score = np.asarray(score.toarray(), np.float64)
+    # binary codes: 1 - hamming / bits, which orders as -hamming does
+    score = code_kind(transform).scores(q, db, transform.dim)
     if exclude is not None:
         score[np.arange(q.shape[0]), exclude] = -np.inf
     order = np.argsort(-score, axis=1, kind="stable")
     return order[:, :k]
-
-
-def _hamming(qb: np.ndarray, dbb: np.ndarray) -> np.ndarray:
-    # <a, b> of {0,1} vectors: hamming = |a| + |b| - 2 <a, b>
-    return qb.sum(1)[:, None] + dbb.sum(1)[None, :] - 2 * (qb @ dbb.T)
 
 
 def plot_topk(

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from cbir.codes.registry import code_kind
 from cbir.errors import CbirError
 
 
@@ -36,7 +37,7 @@ def load_model(model: str | None, feature_dim: int = 1280):
             f"{model}: no such model; use frozen, frozen-raw, or a `cbir train` run directory"
         )
     t = LearnedTransform.from_path(p)
-    what = f"{t.dim} bits" if t.kind == "binary" else f"{t.dim}-d"
+    what = code_kind(t).describe(t.dim)
     return t, f"{t.method} ({what}) from {p}"
 
 
@@ -73,17 +74,17 @@ def evaluate_features(
     all_vs_all = database is None
     db = q if all_vs_all else transform(np.asarray(database))
     dbl = query_labels if all_vs_all else database_labels
-    binary = transform.kind == "binary"
+    code = code_kind(transform)
     kw: dict[str, Any] = {
-        "metric": "hamming" if binary else "cosine",
+        "metric": code.metric,
         "map_at": (protocol.map_at,) if protocol.map_at else (),
         "exclude_self": all_vs_all,
         "progress": progress,
-        "hamming_radius": 2 if binary else None,
+        "hamming_radius": 2 if code.metric == "hamming" else None,
     }
     kw.update(options)
     if rerank is not None:
-        if binary:
+        if not code.rerankable:
             raise CbirError(
                 "re-ranking needs float or sparse vectors, not binary codes; drop --rerank"
             )

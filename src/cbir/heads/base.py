@@ -6,6 +6,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from cbir.codes.base import l2_normalize
+
+__all__ = ["Transform", "l2_normalize"]
+
 
 class Transform(Protocol):
     """Maps ``(n, feature_dim)`` float32 features to index vectors."""
@@ -28,9 +32,3 @@ class Transform(Protocol):
     def fit(self, features: np.ndarray) -> None:
         """Fit collection statistics (e.g. the mean), if any."""
         ...
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float32)."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from cbir.codes.registry import code_kind
 from cbir.errors import CbirError
 from cbir.heads.base import l2_normalize
 from cbir.heads.head import Head
-from cbir.heads.sparse import encode_sparse
 from cbir.heads.vsepp import encode_texts, text_fingerprint
 from cbir.utils import atomic_write_bytes, sha256_file
 
@@ -37,12 +37,6 @@ __all__ = ["BACKBONE_FILE", "CHECKPOINT", "FORMAT", "Head", "LearnedTransform", 
 FORMAT = "cbir-model-1"
 CHECKPOINT = "model.pt"
 BACKBONE_FILE = "backbone.pt"
-
-
-def pack_bits(u: np.ndarray) -> np.ndarray:
-    """``sign(u) >= 0`` as packed uint8 rows: bit ``j`` in byte ``j // 8`` at position
-    ``j % 8`` (little-endian), the layout of faiss ``IndexBinary``."""
-    return np.packbits(np.asarray(u) >= 0, axis=1, bitorder="little")
 
 
 def save_checkpoint(path: str | os.PathLike[str], ckpt: dict[str, Any]) -> None:
@@ -152,17 +146,13 @@ class LearnedTransform:
         return torch.cat(out).numpy()
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
-        if self.kind == "sparse":  # L2-normalised scipy CSR rows (cbir.heads.sparse)
-            return encode_sparse(self, features)
-        u = self.outputs(features)
-        return pack_bits(u) if self.kind == "binary" else l2_normalize(u)
+        """Codes of ``features``: unit vectors, packed bits or sparse CSR rows (cbir.codes)."""
+        return code_kind(self.kind).encode(self, features)
 
     def float_view(self, features: np.ndarray) -> np.ndarray:
         """Unit vectors of the real outputs (re-ranking a Hamming shortlist); the dense
         rows of a sparse model's codes."""
-        if self.kind == "sparse":
-            return self(features).toarray()
-        return l2_normalize(self.outputs(features))
+        return code_kind(self.kind).float_view(self, features)
 
     @property
     def joint(self) -> bool:

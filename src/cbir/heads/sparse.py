@@ -24,64 +24,17 @@ dot product (:mod:`cbir.index.sparse`) is their cosine similarity.
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 SPARSE_METHODS = ("sparse-topk", "sparse-l1")
-#: Rows encoded at a time (the dense pre-activations of one batch are ``batch x dim``).
-ENCODE_BATCH = 4096
 
 
 def topk_relu(z: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """(values, indices) of the ``k`` largest entries of each row, values through ReLU."""
     vals, idx = torch.topk(z, min(k, z.shape[1]), dim=1)
     return F.relu(vals), idx
-
-
-def sparse_codes(u: np.ndarray, activation: str, k: int | None = None) -> sp.csr_matrix:
-    """Head outputs ``(n, dim)`` -> L2-normalised sparse codes (float32 CSR).
-
-    ``activation``: "topk" (the ``k`` largest, then ReLU) or "relu" (ReLU; with ``k``,
-    only the ``k`` largest positive units are kept).
-    """
-    u = np.asarray(u, np.float32)
-    n, dim = u.shape
-    if activation not in ("topk", "relu"):
-        raise ValueError(f"unknown sparse activation {activation!r}")
-    if k is not None and 0 < k < dim:
-        idx = np.argpartition(-u, k - 1, axis=1)[:, :k]
-        vals = np.take_along_axis(u, idx, axis=1)
-    else:
-        idx = np.broadcast_to(np.arange(dim), (n, dim))
-        vals = u
-    vals = np.maximum(vals, 0.0)
-    keep = vals > 0
-    counts = keep.sum(1)
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    m = sp.csr_matrix((vals[keep], idx[keep].astype(np.int32), indptr), shape=(n, dim))
-    m.sort_indices()
-    norms = np.sqrt(np.asarray(m.multiply(m).sum(1)).ravel())
-    m = sp.diags(1.0 / np.maximum(norms, 1e-12)).astype(np.float32) @ m
-    return sp.csr_matrix(m, dtype=np.float32)
-
-
-def encode_sparse(transform: Any, features: np.ndarray, batch: int = ENCODE_BATCH) -> sp.csr_matrix:
-    """Sparse codes of ``features`` through a learned sparse head, a batch at a time (the
-    dense ``n x dim`` pre-activations are never held at once)."""
-    spec = transform.ckpt["sparse"]
-    x = np.asarray(features, np.float32)
-    parts = [
-        sparse_codes(transform.outputs(x[i : i + batch]), spec["activation"], spec.get("k"))
-        for i in range(0, len(x), batch)
-    ]
-    if not parts:
-        return sp.csr_matrix((0, transform.dim), dtype=np.float32)
-    return sp.vstack(parts, format="csr", dtype=np.float32)
 
 
 class SparseAutoencoder(nn.Module):

@@ -35,8 +35,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from cbir.codes.bits import check_codes, popcount
 from cbir.errors import CbirError
-from cbir.index.mih import INT32_MAX, MultiIndexHash, check_codes, popcount
+from cbir.index.mih import INT32_MAX, MultiIndexHash
 from cbir.utils import atomic_write_bytes
 
 __all__ = [

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from cbir.codes.registry import code_kind
 from cbir.errors import CbirError
 from cbir.index.store import DB_NAME, IndexStore, config_problem
 from cbir.utils import sha256_file
@@ -86,28 +87,6 @@ class CheckReport:
                 f"  {len(self.missing)} indexed file(s) no longer on disk (re-run `cbir index`)"
             )
         return out
-
-
-def _ids_of(index: Any, kind: str) -> np.ndarray:
-    if kind in ("binary", "sparse"):
-        return np.asarray(index.ids(), np.int64)
-    from cbir.index.faiss_index import index_ids
-
-    return index_ids(index)
-
-
-def _read_index_file(path: Path, kind: str) -> Any:
-    if kind == "sparse":
-        from cbir.index.sparse import load_sparse_index
-
-        return load_sparse_index(path)
-    if kind == "binary":
-        from cbir.index.binary_index import load_binary_index
-
-        return load_binary_index(path)
-    from cbir.index.faiss_index import read_index
-
-    return read_index(path)
 
 
 def _short(ids: Any, n: int = 10) -> str:
@@ -341,7 +320,7 @@ def _check_search_index(
         return
     if rgen != gen:
         return  # a commit happened meanwhile: check_index runs again
-    ids = _ids_of(index, transform.kind)
+    ids = code_kind(transform).ids(index)
     report.searchable = int(index.ntotal)
     _compare_ids("the search index readers use", ids, live, report)
     if int(index.ntotal) != len(live):
@@ -383,7 +362,7 @@ def _check_index_file(
         )
         return
     try:
-        index = _read_index_file(path, transform.kind)
+        index = code_kind(transform).read(path)
     except Exception as e:  # faiss raises RuntimeError; a damaged file may raise anything
         report.warnings.append(
             f"search index file {fa['file']} does not load ({type(e).__name__}); it is rebuilt"
@@ -397,7 +376,7 @@ def _check_index_file(
             f"search index file {fa['file']} was built with other settings; it is rebuilt"
         )
         return
-    ids = _ids_of(index, transform.kind)
+    ids = code_kind(transform).ids(index)
     name = f"search index file {fa['file']}"
     if fa["gen"] == gen:
         _compare_ids(name, ids, live, report)
@@ -411,7 +390,7 @@ def _check_index_file(
             report.errors.append(
                 f"{name} lacks {len(lacking)} row(s) committed before it was written: ids {_short(lacking)}"
             )
-    if transform.kind == "float" and fa["gen"] == gen:
+    if fa["gen"] == gen:  # float vectors in an IDMap2 index (others cannot reconstruct)
         _check_vectors(store, index, ids, transform, name, report)
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from cbir.codes.base import CodeKind
+from cbir.codes.registry import code_kind
 from cbir.errors import CbirError, IndexWriteError
 from cbir.heads.transform import Transform, load_transform, spec_digest
 from cbir.index import faiss_index as fi
@@ -22,82 +24,8 @@ from cbir.index.store import IndexStore
 TRAIN_SAMPLE = 200_000
 
 
-def _is_binary(transform: Transform) -> bool:
-    return transform.kind == "binary"
-
-
-def _is_sparse(transform: Transform) -> bool:
-    return transform.kind == "sparse"
-
-
-def _make(index_type: str, transform: Transform):
-    if _is_sparse(transform):
-        from cbir.index.sparse import make_sparse_index
-
-        return make_sparse_index(index_type, transform.dim)
-    if _is_binary(transform):
-        from cbir.index.binary_index import make_binary_index
-
-        return make_binary_index(index_type, transform.dim)
-    return fi.make_float_index(index_type, transform.dim)
-
-
-def _read(path, transform: Transform):
-    if _is_sparse(transform):
-        from cbir.index.sparse import load_sparse_index
-
-        return load_sparse_index(path)
-    if _is_binary(transform):
-        from cbir.index.binary_index import load_binary_index
-
-        return load_binary_index(path)
-    return fi.read_index(path)
-
-
-def _write(index, path, transform: Transform) -> None:
-    if _is_binary(transform) or _is_sparse(transform):
-        index.save(path)
-    else:
-        fi.write_index(index, path)
-
-
-def _ids(index, transform: Transform) -> np.ndarray:
-    return index.ids() if _is_binary(transform) or _is_sparse(transform) else fi.index_ids(index)
-
-
-def _remove(index, ids: np.ndarray, transform: Transform) -> bool:
-    if _is_sparse(transform):
-        index.remove_ids(ids)
-        return True
-    if _is_binary(transform):
-        try:
-            index.remove_ids(ids)
-        except (RuntimeError, NotImplementedError):
-            return False
-        return True
-    return fi.try_remove(index, ids)
-
-
-def _add(index, vectors: np.ndarray, ids: np.ndarray, transform: Transform) -> None:
-    if len(ids) == 0:
-        return
-    if _is_binary(transform) or _is_sparse(transform):
-        index.add_with_ids(vectors, ids)
-    else:
-        index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids)
-
-
-def _train(index, store: IndexStore, transform: Transform, index_type: str) -> None:
-    if _is_sparse(transform):
-        return  # an inverted index needs no training
-    if _is_binary(transform):
-        if getattr(index, "is_trained", True):
-            return
-        sample = _sample(store, transform)
-        index.train(sample)
-        return
-    if not index.is_trained:
-        fi.train_if_needed(index, _sample(store, transform), index_type)
+def _code(transform: Transform) -> CodeKind:
+    return code_kind(transform.kind)
 
 
 def _sample(store: IndexStore, transform: Transform) -> np.ndarray:
@@ -108,7 +36,7 @@ def _sample(store: IndexStore, transform: Transform) -> np.ndarray:
         if n >= TRAIN_SAMPLE:
             break
     if not parts:
-        return np.zeros((0, transform.dim), np.float32)
+        return _code(transform).empty(transform.dim)
     return np.concatenate(parts)[:TRAIN_SAMPLE]
 
 
@@ -130,10 +58,12 @@ def _fit_transform(store: IndexStore, transform: Transform) -> Transform:
 def build(store: IndexStore, transform: Transform, index_type: str):
     """A new index of every live image."""
     transform = _fit_transform(store, transform)
-    index = _make(index_type, transform)
-    _train(index, store, transform, index_type)
+    code = _code(transform)
+    index = code.make(index_type, transform.dim)
+    if code.needs_training(index):
+        code.train(index, _sample(store, transform), index_type)
     for ids, feats in store.iter_features():
-        _add(index, transform(feats), ids, transform)
+        code.add(index, transform(feats), ids)
     return index
 
 
@@ -152,7 +82,7 @@ def _up_to_date(
     if not path.exists():
         return None, fa
     try:
-        return _read(path, transform), fa
+        return _code(transform).read(path), fa
     except Exception:  # a damaged derived file is rebuilt, never trusted
         return None, fa
 
@@ -168,14 +98,15 @@ def sync(store: IndexStore, index, fa: dict, transform: Transform) -> Any | None
         [r[0] for r in store.conn.execute("SELECT id FROM images WHERE vgen > ?", (built_at,))],
         np.int64,
     )
-    present = _ids(index, transform)
+    code = _code(transform)
+    present = code.ids(index)
     gone = np.setdiff1d(present, live)
     remove = np.union1d(gone, np.intersect1d(stale, present))
-    if not _remove(index, remove, transform):
+    if len(remove) and not code.remove(index, remove):
         return None
     if len(stale):
         feats = store.features(stale.tolist())
-        _add(index, transform(feats), stale, transform)
+        code.add(index, transform(feats), stale)
     return index
 
 
@@ -201,10 +132,10 @@ def refresh(
         index = sync(store, index, fa, transform)
     if index is None:
         index = build(store, transform, index_type)
-    ext = "sidx" if _is_sparse(transform) else "bidx" if _is_binary(transform) else "faiss"
-    name = f"index-{gen:08d}.{ext}"
+    code = _code(transform)
+    name = f"index-{gen:08d}.{code.ext}"
     try:
-        _write(index, store.root / name, transform)
+        code.write(index, store.root / name)
     except OSError as e:
         why = e.strerror or str(e)
         raise IndexWriteError(
@@ -251,7 +182,7 @@ def check_index_type(index_type: str, transform: Transform, n: int) -> None:
     Making the empty index checks the type string; one that needs training needs enough
     vectors for faiss's k-means (IVFn: n; PQ: 2**nbits per sub-quantiser, 256 by default).
     """
-    index = _make(index_type, transform)
+    index = _code(transform).make(index_type, transform.dim)
     if getattr(index, "is_trained", True):
         return
     need = fi._min_train(index_type)

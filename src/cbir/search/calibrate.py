@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cbir.codes.registry import code_kind
 from cbir.errors import CbirError
 
 
@@ -125,16 +126,7 @@ def calibrate(
         vg = transform(g)
         probes = np.concatenate([q, n, gen_feats])
         vp = transform(probes)
-        if transform.kind == "binary":
-            bits = transform.dim
-            ub = lambda a: np.unpackbits(a, axis=1).astype(np.int32)  # noqa: E731
-            pg, pp = ub(vg), ub(vp)
-            dist = pp.sum(1)[:, None] + pg.sum(1)[None, :] - 2 * (pp @ pg.T)
-            score = 1.0 - dist / bits
-        else:
-            score = vp @ vg.T
-            if hasattr(score, "toarray"):  # sparse codes (cbir.heads.sparse)
-                score = score.toarray()
+        score = code_kind(transform).scores(vp, vg, transform.dim)
         best = score.argmax(1)
         top = score[np.arange(len(score)), best]
         right = np.zeros(len(probes), bool)

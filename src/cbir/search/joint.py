@@ -15,14 +15,23 @@ import io
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cbir.errors import CbirError
 from cbir.heads.learned import LearnedTransform
-from cbir.search.searcher import Hit, Searcher
+from cbir.search.hits import Hit
+from cbir.search.joint_model import has_joint_model, joint_model
+from cbir.search.searcher import Searcher
+
+__all__ = [
+    "CaptionHit",
+    "has_joint_model",
+    "image_to_text",
+    "joint_model",
+    "text_search",
+]
 
 
 @dataclass
@@ -36,48 +45,6 @@ class CaptionHit:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def has_joint_model(index_dir: str | os.PathLike[str]) -> bool:
-    """True if ``index_dir`` is an index built with a joint image-text model."""
-    from cbir.index.store import IndexStore
-
-    if not IndexStore.exists(index_dir):
-        return False
-    store = IndexStore.open(index_dir)
-    try:
-        spec = store.get_meta("transform", {}) or {}
-    finally:
-        store.close()
-    return spec.get("kind") == "learned" and bool(spec.get("text"))
-
-
-def joint_model(run_or_index: str | os.PathLike[str] | Searcher) -> LearnedTransform:
-    """The joint model of a ``cbir train`` run (directory or model.pt), an index built
-    with one, or an open :class:`Searcher` of such an index."""
-    if isinstance(run_or_index, Searcher):
-        model, where = run_or_index.transform, run_or_index.store.root
-    else:
-        from cbir.index.store import IndexStore
-
-        where = Path(run_or_index)
-        if IndexStore.exists(where):
-            from cbir.heads.transform import load_transform
-
-            store = IndexStore.open(where)
-            try:
-                model = load_transform(store.get_meta("transform", {}) or {}, store.root)
-            finally:
-                store.close()
-        else:
-            model = LearnedTransform.from_path(where)
-    if not isinstance(model, LearnedTransform) or not model.joint:
-        what = getattr(model, "method", None) or "frozen backbone"
-        raise CbirError(
-            f"{where}: no image-text model here ({what}); train one with `cbir train --method vsepp"
-            " --captions FILE` and index with --model RUN_DIR"
-        )
-    return model
 
 
 def text_search(index_dir: str | os.PathLike[str] | Searcher, text: str, k: int = 10) -> list[Hit]:

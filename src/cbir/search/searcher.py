@@ -4,80 +4,114 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
+from cbir.codes.registry import code_kind
 from cbir.data.folder import find_images
 from cbir.data.images import decode, read_bytes
 from cbir.errors import CbirError, ImageError
-from cbir.index import vector_index
+from cbir.index.backends import VectorBackend, open_backend
 from cbir.index.store import IndexStore
+from cbir.search.filtered import search_allowed
+from cbir.search.hits import Hit, IndexVectors
+
+__all__ = ["READ_ATTEMPTS", "Hit", "IndexVectors", "Searcher", "read_consistently"]
 
 
-@dataclass
-class Hit:
-    """One ranked result. ``score``: cosine similarity for float indexes, and
-    ``1 - hamming / bits`` for binary ones (whose ``distance`` is the Hamming distance)."""
-
-    rank: int
-    id: int
-    path: str
-    score: float
-    distance: float | None = None
-    #: for text queries: "metadata" (FTS5 bm25), "classes" (ImageNet keywords) or "joint"
-    source: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for key in ("distance", "source"):
-            if d[key] is None:
-                del d[key]
-        return d
-
-
-#: Times a search is run again when commits keep overtaking it.
+#: Times a read is run again when commits keep overtaking it.
 READ_ATTEMPTS = 20
 
+T = TypeVar("T")
 
-class IndexVectors(np.ndarray):
-    """Query rows already in the index's space (not backbone features): a joint model's
-    text side embeds captions there (:mod:`cbir.search.joint`)."""
+
+def read_consistently(store: IndexStore, run: Callable[[], T]) -> tuple[T, int]:
+    """Run a read until no commit happened during it: ``(result, generation)``.
+
+    A read that a commit overtook (an index of one generation, metadata rows of the next)
+    runs again, as does one that failed with CbirError because a file of the older
+    generation went away meanwhile; ImageError (a bad query image) is never retried. The
+    one retry loop of searches (:class:`Searcher`, the service).
+    """
+    for attempt in range(READ_ATTEMPTS):
+        g0 = store.generation
+        try:
+            out = run()
+        except ImageError:
+            raise
+        except CbirError:
+            if store.generation == g0 or attempt == READ_ATTEMPTS - 1:
+                raise
+            continue
+        if store.generation == g0:
+            return out, g0
+    return out, g0
 
 
 class Searcher:
     """Read-only access to an index; picks up new commits between searches.
 
     Args:
-        index_dir: the index directory.
+        index_dir: the index directory (rows, features, the model).
         rerank: re-rank every image search (a :class:`cbir.search.rerank.Rerank`: query
-            expansion or k-reciprocal; float and sparse indexes).
+            expansion or k-reciprocal; float and sparse codes in the local index).
+        backend: where the codes are searched: a spec for
+            :func:`cbir.index.backends.open_backend` (None or "local": the index's own
+            file; "shards:DIR"; "milvus:URI[#collection]") or an open backend.
+        tags: only hits with every one of these tags (Milvus backends).
     """
 
-    def __init__(self, index_dir: str | os.PathLike[str], rerank: Any = None) -> None:
+    def __init__(
+        self,
+        index_dir: str | os.PathLike[str],
+        rerank: Any = None,
+        backend: str | VectorBackend | None = None,
+        tags: Sequence[str] = (),
+    ) -> None:
         self.rerank = rerank
         self.store = IndexStore.open(index_dir)
         self._lock = threading.Lock()
-        self._gen = -1
-        self._index: Any = None
-        self.transform: Any = None
         self._backbone: Any = None
-        self.refresh()
+        try:
+            self.backend: VectorBackend = (
+                open_backend(backend, self.store, tags=tags)
+                if backend is None or isinstance(backend, str)
+                else backend
+            )
+            if rerank is not None and not self.backend.local:
+                raise CbirError(
+                    f"re-ranking works on the index itself, not --store {self.backend.spec}"
+                )
+            self.refresh()
+        except BaseException:
+            self.store.close()
+            raise
 
     def refresh(self) -> None:
         """Reload the index if a commit happened since it was loaded."""
         with self._lock:
-            gen = self.store.generation
-            if gen != self._gen:
-                index, transform, gen = vector_index.load(self.store)
-                if transform.kind == "float":
-                    from cbir.index.faiss_index import set_search_params
+            self.backend.refresh(self.store)
 
-                    cfg = self.store.config
-                    set_search_params(index, cfg.get("nprobe"), cfg.get("ef_search"))
-                self._index, self.transform, self._gen = index, transform, gen
+    @property
+    def transform(self) -> Any:
+        return self.backend.transform
+
+    @property
+    def local(self) -> bool:
+        """The index's own file, searched in this process (not shards or Milvus)."""
+        return self.backend.local
+
+    @property
+    def _index(self) -> Any:
+        """The in-memory index of a local backend (None for shards and Milvus)."""
+        return self.backend.index
+
+    @property
+    def _gen(self) -> int:
+        return self.backend.gen
 
     @property
     def backbone(self):
@@ -112,28 +146,21 @@ class Searcher:
         return parse_where(str(where), known_fields(self.store.conn))
 
     def search_features(
-        self, features: np.ndarray, k: int = 10, where: Any = None
+        self, features: np.ndarray, k: int = 10, where: Any = None, *, retry: bool = True
     ) -> list[list[Hit]]:
         """Top-``k`` hits for each row of backbone ``features``.
 
         ``where``: a filter (see :mod:`cbir.search.where`): only images that pass it, still
         ``k`` of them when that many pass. The answer comes from one committed state: a
-        search that a commit overtook (its index of one generation, the metadata rows of
-        the next) is run again.
+        search that a commit overtook is run again (:func:`read_consistently`; ``retry``
+        False: once, for a caller that retries the whole read itself).
         """
         if k < 1:
             raise CbirError("k must be at least 1")
         where = self.where(where)
-        for attempt in range(READ_ATTEMPTS):
-            try:
-                out, gen = self._search_once(features, k, where)
-            except CbirError:  # e.g. a segment of an older generation removed meanwhile
-                if attempt == READ_ATTEMPTS - 1 or self.store.generation == self._gen:
-                    raise
-                continue
-            if self.store.generation == gen:
-                return out
-        return out
+        if not retry:
+            return self._search_once(features, k, where)[0]
+        return read_consistently(self.store, lambda: self._search_once(features, k, where)[0])[0]
 
     def _search_once(
         self, features: np.ndarray, k: int, where: Any = None
@@ -141,40 +168,33 @@ class Searcher:
         """(hits, generation of the index searched); the rows may be of a later generation."""
         self.refresh()
         with self._lock:
-            index, transform, gen = self._index, self.transform, self._gen
-        n = int(index.ntotal)  # the size of the index searched, not a later store count
+            backend, transform, gen = self.backend, self.backend.transform, self.backend.gen
+            n = backend.ntotal  # the size of the index searched, not a later store count
         if n == 0:
             return [[] for _ in range(len(features))], gen
         if isinstance(features, IndexVectors):
             q = np.asarray(features).view(np.ndarray)
         else:
             q = transform(np.asarray(features, np.float32))
+        code = code_kind(transform)
         kk = min(k, n)
-        if self.rerank is not None and (where is not None or transform.kind == "binary"):
+        if self.rerank is not None and (where is not None or not code.rerankable):
             raise CbirError(
                 "re-ranking works on float and sparse indexes, without a --where filter"
             )
         if where is not None:
-            from cbir.search.filtered import search_allowed
             from cbir.search.where import matching_ids
 
             allowed = np.fromiter(matching_ids(self.store.conn, where), np.int64)
-            scores, ids, dist = search_allowed(index, transform, self.store, q, kk, allowed)
-        elif transform.kind == "binary":
-            dist, ids = index.search(q, kk)
-            scores = 1.0 - dist.astype(np.float64) / transform.dim
+            scores, ids, dist = search_allowed(backend, transform, self.store, q, kk, allowed)
         elif self.rerank is not None:  # query expansion / k-reciprocal (cbir.search.rerank)
             from cbir.search.rerank import search_reranked
 
             vectors = lambda i: transform(self.store.features(i.tolist()))  # noqa: E731
-            scores, ids = search_reranked(self.rerank, index, q, kk, vectors)
-            dist = None
-        elif transform.kind == "sparse":  # CSR codes in an inverted index (cbir.index.sparse)
-            scores, ids = index.search(q, kk)
+            scores, ids = search_reranked(self.rerank, backend.index, q, kk, vectors)
             dist = None
         else:
-            scores, ids = index.search(np.ascontiguousarray(q, np.float32), kk)
-            dist = None
+            scores, ids, dist = backend.search(q, kk)
         out: list[list[Hit]] = []
         all_ids = [int(i) for i in np.unique(ids) if i >= 0]
         rows = {r["id"]: r for r in self.store.rows(all_ids)}
@@ -200,7 +220,11 @@ class Searcher:
         """Top-``k`` hits for rows already in the index's space (unit vectors of the
         index's dimension, e.g. a caption through a joint model's text head)."""
         v = np.ascontiguousarray(vectors, np.float32)
-        if v.ndim != 2 or v.shape[1] != self.transform.dim or self.transform.kind != "float":
+        if (
+            v.ndim != 2
+            or v.shape[1] != self.transform.dim
+            or not code_kind(self.transform).float_queries
+        ):
             raise CbirError(
                 f"{self.store.root}: expected float query vectors of dimension {self.transform.dim}"
             )
@@ -210,23 +234,12 @@ class Searcher:
         """Neighbours of an indexed image (itself first, if it passes ``where``)."""
         if self.store.row(id_) is None:
             raise CbirError(f"id:{id_} is not in {self.store.root}")
-        feats = self.store.features([id_])
-        # where only when given: stores searched elsewhere (Milvus, shards) take (features, k)
-        return (
-            self.search_features(feats, k)
-            if where is None
-            else self.search_features(feats, k, where)
-        )[0]
+        return self.search_features(self.store.features([id_]), k, where)[0]
 
     def search_file(
         self, path: str | os.PathLike[str], k: int = 10, where: Any = None
     ) -> list[Hit]:
-        feats = self.embed_file(path)
-        return (
-            self.search_features(feats, k)
-            if where is None
-            else self.search_features(feats, k, where)
-        )[0]
+        return self.search_features(self.embed_file(path), k, where)[0]
 
     def search_text(
         self, text: str, k: int = 10, where: Any = None, mode: str = "auto"
@@ -266,4 +279,5 @@ class Searcher:
         return out
 
     def close(self) -> None:
+        self.backend.close()
         self.store.close()

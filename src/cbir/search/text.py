@@ -36,10 +36,11 @@ import numpy as np
 
 from cbir.errors import CbirError
 from cbir.index import metadata
+from cbir.search.hits import Hit
 from cbir.utils import atomic_write_bytes, cache_dir
 
 if TYPE_CHECKING:
-    from cbir.search.searcher import Hit, Searcher
+    from cbir.search.searcher import Searcher
     from cbir.search.where import Where
 
 MODES = ("auto", "metadata", "classes", "joint")
@@ -185,8 +186,6 @@ def fts_query(text: str) -> str:
 
 
 def _hits(store: Any, pairs: list[tuple[int, float]], source: str) -> list[Hit]:
-    from cbir.search.searcher import Hit
-
     rows = {r["id"]: r for r in store.rows([i for i, _ in pairs])}
     return [
         Hit(rank=0, id=i, path=rows[i]["path"], score=round(float(s), 6), source=source)
@@ -246,20 +245,20 @@ def _no_joint(root: Path) -> CbirError:
 def has_joint(root: Path) -> bool:
     """True if the VSE++ module is installed and ``root`` holds a joint model."""
     try:
-        from cbir.search import joint
+        from cbir.search.joint_model import has_joint_model
     except ImportError:
         return False
-    return bool(joint.has_joint_model(root))
+    return bool(has_joint_model(root))
 
 
 def joint_search(searcher: Searcher, text: str, k: int, where: Where | None = None) -> list[Hit]:
     """The VSE++ model's text-to-image hits (filtered by searching deeper)."""
-    from cbir.search.searcher import Hit
-
     root = searcher.store.root
     if not has_joint(root):
         raise _no_joint(root)
-    from cbir.search import joint
+    from cbir.search.joint_model import joint_model
+
+    query = joint_model(searcher).encode_text([text])
 
     allowed = None
     if where is not None:
@@ -269,7 +268,7 @@ def joint_search(searcher: Searcher, text: str, k: int, where: Where | None = No
     n = max(len(searcher), 1)
     depth = k if allowed is None else min(n, 4 * k)
     while True:
-        raw = list(joint.text_search(searcher, text, depth))
+        raw = list(searcher.search_vectors(query, depth)[0])
         hits = [h if isinstance(h, Hit) else Hit(**{**h, "rank": 0}) for h in raw]
         kept = [h for h in hits if allowed is None or h.id in allowed]
         if len(kept) >= k or len(raw) < depth or depth >= n:

@@ -24,7 +24,7 @@ from PIL import Image
 from cbir import ops
 from cbir.data.images import decode, read_bytes, sniff
 from cbir.errors import CbirError, ImageError
-from cbir.search.searcher import Hit, Searcher
+from cbir.search.searcher import Hit, Searcher, read_consistently
 from cbir.service.metrics import Metrics
 from cbir.service.schemas import ApiError, FeedbackIn, FeedbackOut, HitOut, SearchOut
 from cbir.utils import atomic_write_bytes
@@ -148,7 +148,7 @@ class Service:
         if self.store_spec:
             from cbir.distributed.stores import sync_store
 
-            milvus = getattr(self.searcher, "milvus", None)
+            milvus = getattr(self.searcher.backend, "milvus", None)
             if milvus is not None:
                 from cbir.index.store import IndexStore
 
@@ -188,19 +188,7 @@ class Service:
 
     def consistent_read(self, run: Callable[[], T]) -> tuple[T, int]:
         """Run a read until no commit happened during it; returns (result, generation)."""
-        for attempt in range(20):
-            g0 = self.store.generation
-            try:
-                out = run()
-            except ImageError:
-                raise
-            except CbirError:
-                if self.store.generation == g0 or attempt == 19:
-                    raise
-                continue  # a file of the old generation went away under us: read again
-            if self.store.generation == g0:
-                return out, g0
-        return out, g0
+        return read_consistently(self.store, run)
 
     def search(
         self, features: np.ndarray, k: int, tag: str | None, where: Any = None
@@ -212,10 +200,8 @@ class Service:
             one_omp_thread()
             kk = k if not tag else max(4 * k, 64)
             while True:
-                if where is None:
-                    hits = self.searcher.search_features(features, kk)[0]
-                else:  # k passing images whenever k pass (cbir.search.filtered)
-                    hits = self.searcher.search_features(features, kk, where)[0]
+                # k passing images whenever k pass (cbir.search.filtered); retried as a whole
+                hits = self.searcher.search_features(features, kk, where, retry=False)[0]
                 rows = {r["id"]: r for r in self.store.rows([h.id for h in hits])}
                 pairs = [(h, rows[h.id]) for h in hits if h.id in rows]
                 if tag:
@@ -239,7 +225,7 @@ class Service:
         shards and large brute-force searches go to the thread pool.
         """
         s = self.searcher
-        if type(s) is not Searcher or s._index is None or s._gen != self.store.generation:
+        if not s.local or s._index is None or s._gen != self.store.generation:
             return False
         return not self._exhaustive or int(s._index.ntotal) * s.transform.dim <= INLINE_WORK
 
@@ -258,7 +244,7 @@ class Service:
             raise ApiError(422, f"k must be between 1 and {self.max_k}", "bad-k")
         tag = (tag or "").strip().lower() or None
         where = (where or "").strip() or None
-        if where is not None and type(self.searcher) is not Searcher:
+        if where is not None and not self.searcher.local:
             raise ApiError(400, "where filters need the embedded index (not --store)", "bad-where")
         parsed = self.searcher.where(where)  # a bad filter: CbirError -> 400 saying what is allowed
         pairs, gen = self.search(features, k, tag, parsed)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+from cbir.codes.bits import hamming, pack_bits, unpack_bits
 
 
 def _numpy(x: np.ndarray | Tensor) -> np.ndarray:
@@ -30,27 +30,21 @@ def pack_codes(pm1: np.ndarray | Tensor) -> np.ndarray:
     x = _numpy(pm1)
     if x.ndim != 2 or x.shape[1] % 8:
         raise ValueError(f"codes must be (n, bits) with bits a multiple of 8, got {x.shape}")
-    return np.packbits(x > 0, axis=1, bitorder="little")
+    return pack_bits(np.where(x > 0, 1, -1))
 
 
 def unpack_codes(packed: np.ndarray, bits: int | None = None) -> np.ndarray:
     """Inverse of :func:`pack_codes`: ``(n, bits)`` int8 +-1 (``bits`` defaults to 8 * bytes)."""
-    packed = np.asarray(packed, dtype=np.uint8)
-    bits01 = np.unpackbits(packed, axis=1, count=bits, bitorder="little")
+    bits01 = unpack_bits(packed, bits)
     return (bits01.astype(np.int8) * 2 - 1).astype(np.int8)
 
 
 def hamming_distances(a_packed: np.ndarray, b_packed: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """``(len(a), len(b))`` int32 Hamming distances between packed codes (popcount of XOR)."""
-    a = np.asarray(a_packed, dtype=np.uint8)
-    b = np.asarray(b_packed, dtype=np.uint8)
+    a, b = np.asarray(a_packed), np.asarray(b_packed)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"packed codes of different shapes: {a.shape} and {b.shape}")
-    out = np.empty((len(a), len(b)), dtype=np.int32)
-    for start in range(0, len(a), chunk):
-        xor = a[start : start + chunk, None, :] ^ b[None, :, :]
-        out[start : start + chunk] = _POPCOUNT[xor].sum(-1, dtype=np.int32)
-    return out
+    return hamming(a.astype(np.uint8, copy=False), b.astype(np.uint8, copy=False), chunk)
 
 
 def hamming_distances_torch(a_pm1: Tensor, b_pm1: Tensor) -> Tensor:

@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from cbir.codes.base import CodeKind, Ranked
+from cbir.codes.registry import code_kind
 from cbir.errors import CbirError
-from cbir.search.searcher import Hit, Searcher
 
 PREFIX = "milvus:"
 DEFAULT_COLLECTION = "cbir"
@@ -58,19 +59,25 @@ def milvus_index(index_type: str | None, kind: str) -> MilvusIndex:
     BIN_FLAT, ``BIVF1024`` -> BIN_IVF_FLAT. Both use the defaults faiss gets here.
     """
     t = (index_type or "Flat").strip()
-    u = t.upper()
-    if kind == "binary":
-        if u in ("FLAT", "BFLAT", "BINARYFLAT", "BIN_FLAT"):
-            return MilvusIndex("BIN_FLAT", "HAMMING")
-        m = re.fullmatch(r"(?:BIVF|BIN_IVF_FLAT|BINARYIVF)(\d+)?", u)
-        if m:
-            nlist = int(m.group(1) or 1024)
-            return MilvusIndex(
-                "BIN_IVF_FLAT", "HAMMING", {"nlist": nlist}, {"nprobe": min(nlist, 32)}
-            )
-        raise CbirError(
-            f"--index-type {t!r}: for binary codes Milvus has BFlat (BIN_FLAT) or BIVF<nlist>"
-        )
+    vector = code_kind(kind).milvus_vector
+    if vector is None:
+        raise CbirError(f"kind {kind!r}: Milvus stores float vectors or binary codes")
+    return _MILVUS_INDEXES[vector](t, t.upper())
+
+
+def _binary_milvus_index(t: str, u: str) -> MilvusIndex:
+    if u in ("FLAT", "BFLAT", "BINARYFLAT", "BIN_FLAT"):
+        return MilvusIndex("BIN_FLAT", "HAMMING")
+    m = re.fullmatch(r"(?:BIVF|BIN_IVF_FLAT|BINARYIVF)(\d+)?", u)
+    if m:
+        nlist = int(m.group(1) or 1024)
+        return MilvusIndex("BIN_IVF_FLAT", "HAMMING", {"nlist": nlist}, {"nprobe": min(nlist, 32)})
+    raise CbirError(
+        f"--index-type {t!r}: for binary codes Milvus has BFlat (BIN_FLAT) or BIVF<nlist>"
+    )
+
+
+def _float_milvus_index(t: str, u: str) -> MilvusIndex:
     if u in ("FLAT", "IDMAP2,FLAT", "IDMAP,FLAT"):
         return MilvusIndex("FLAT", "IP")
     m = re.fullmatch(r"HNSW(\d*)(?:,FLAT)?", u)
@@ -96,6 +103,9 @@ def milvus_index(index_type: str | None, kind: str) -> MilvusIndex:
         f"--index-type {t!r} has no Milvus equivalent here; use Flat, HNSW<M>, IVF<n>,Flat,"
         " IVF<n>,PQ<m> or IVF<n>,SQ8"
     )
+
+
+_MILVUS_INDEXES = {"BINARY_VECTOR": _binary_milvus_index, "FLOAT_VECTOR": _float_milvus_index}
 
 
 def parse_store(spec: str) -> tuple[str, str]:
@@ -216,10 +226,10 @@ class MilvusStore:
     def _create(self, kind: str, dim: int, index_type: str | None, model: str | None) -> None:
         from pymilvus import DataType, MilvusClient
 
-        if kind not in ("float", "binary"):
+        code = code_kind(kind)
+        if code.milvus_vector is None:
             raise CbirError(f"kind {kind!r}: Milvus stores float vectors or binary codes")
-        if kind == "binary" and dim % 8:
-            raise CbirError(f"binary codes of {dim} bits: Milvus needs a multiple of 8")
+        code.check_rows(code.empty(dim), dim)  # e.g. bits not a multiple of 8
         self.index = milvus_index(index_type, kind)
         if _is_lite(self.uri) and self.index.index_type not in LITE_INDEXES:
             self.client.close()
@@ -239,7 +249,7 @@ class MilvusStore:
             auto_id=False, enable_dynamic_field=False, description=json.dumps(desc)
         )
         schema.add_field("id", DataType.INT64, is_primary=True)
-        vtype = DataType.BINARY_VECTOR if kind == "binary" else DataType.FLOAT_VECTOR
+        vtype = getattr(DataType, str(code.milvus_vector))
         schema.add_field("vector", vtype, dim=int(dim))
         schema.add_field("path", DataType.VARCHAR, max_length=PATH_MAX_LEN)
         schema.add_field("sha256", DataType.VARCHAR, max_length=64)
@@ -281,18 +291,15 @@ class MilvusStore:
             )
 
     # ------------------------------------------------------------ writing
+    @property
+    def code(self) -> CodeKind:
+        return code_kind(self.kind)
+
     def _vector_rows(self, vectors: np.ndarray) -> list[Any]:
-        if self.kind == "binary":
-            v = np.ascontiguousarray(vectors, dtype=np.uint8)
-            if v.ndim != 2 or v.shape[1] * 8 != self.dim:
-                raise CbirError(
-                    f"binary codes of shape {v.shape}: expected (n, {self.dim // 8}) packed uint8"
-                )
-            return [row.tobytes() for row in v]
-        v = np.ascontiguousarray(vectors, dtype=np.float32)
-        if v.ndim != 2 or v.shape[1] != self.dim:
-            raise CbirError(f"vectors of shape {v.shape}: expected (n, {self.dim}) float32")
-        return list(v)
+        v = self.code.check_rows(vectors, self.dim)
+        return (
+            [row.tobytes() for row in v] if self.code.milvus_vector == "BINARY_VECTOR" else list(v)
+        )
 
     def add(
         self,
@@ -377,7 +384,7 @@ class MilvusStore:
             "params": {**self.index.search_params, **(search_params or {})},
         }
         ef = params["params"].get("ef", 64)
-        binary = self.kind == "binary"
+        lower = self.code.lower_is_better
         out: list[list[MilvusHit]] = [[] for _ in data]
         todo = list(range(len(data)))
         limit = min(MAX_TOPK, k + 1)
@@ -387,7 +394,7 @@ class MilvusStore:
             res = self._search(data, todo, limit, flt, params)
             again = []
             for qi, hits in zip(todo, res, strict=True):
-                key = [(h["distance"] if binary else -h["distance"], h["id"]) for h in hits]
+                key = [(h["distance"] if lower else -h["distance"], h["id"]) for h in hits]
                 if len(hits) == limit and limit < MAX_TOPK and key[k - 1][0] == key[-1][0]:
                     again.append(qi)  # the k-th score ties past what came back: ask for more
                     continue
@@ -401,9 +408,14 @@ class MilvusStore:
     ) -> list[Any]:
         try:
             return self.client.search(
-                self.collection, data=[data[i] for i in rows], limit=limit, filter=flt,
-                output_fields=["path", "sha256", "tags"], search_params=params, anns_field="vector",
-            )  # fmt: skip
+                self.collection,
+                data=[data[i] for i in rows],
+                limit=limit,
+                filter=flt,
+                output_fields=["path", "sha256", "tags"],
+                search_params=params,
+                anns_field="vector",
+            )
         except Exception as e:
             raise CbirError(
                 f"Milvus search on {self.uri}#{self.collection} failed ({_first_line(e)})"
@@ -411,15 +423,11 @@ class MilvusStore:
 
     def _hit(self, h: dict[str, Any]) -> MilvusHit:
         e = h.get("entity", {})
-        d = float(h["distance"])
-        if self.kind == "binary":
-            score, dist = 1.0 - d / self.dim, d
-        else:
-            score, dist = d, None
+        score, dist = self.code.to_scores(np.float64(h["distance"]), self.dim)
         return MilvusHit(
             int(h["id"]),
-            score,
-            dist,
+            float(score),
+            None if dist is None else float(dist),
             e.get("path", ""),
             e.get("sha256", ""),
             e.get("tags", "").strip(","),
@@ -500,50 +508,63 @@ def open_for_store(spec: str, store: Any, create: bool = True) -> MilvusStore:
     return MilvusStore(uri, coll, **kw)
 
 
-class MilvusSearcher(Searcher):
-    """A :class:`~cbir.search.searcher.Searcher` whose vectors live in Milvus.
+class MilvusBackend:
+    """A :class:`~cbir.index.backends.base.VectorBackend` whose vectors live in Milvus.
 
-    The index directory gives the model (backbone, transform) and ``id:N`` features;
-    the collection named by ``spec`` (``milvus:URI[#collection]``) answers the searches.
+    The index directory gives the model (backbone, transform) and the rows; the collection
+    named by ``spec`` (``milvus:URI[#collection]``) answers the searches.
 
     Args:
-        index_dir: the embedded index the collection was synced from.
         spec: ``milvus:URI[#collection]``.
+        store: the embedded index the collection was synced from.
         tags: only hits carrying every one of these tags.
         path_prefix: only hits whose path starts with this.
     """
 
+    local = False
+    index = None
+
     def __init__(
         self,
-        index_dir: str | os.PathLike[str],
         spec: str,
+        store: Any,
         tags: Sequence[str] = (),
         path_prefix: str | None = None,
     ) -> None:
+        parse_store(spec)  # a bad spec fails before connecting
         self.spec, self.tags, self.path_prefix = spec, list(tags), path_prefix
-        self.milvus: MilvusStore | None = None
-        super().__init__(index_dir)
-        self.milvus = open_for_store(spec, self.store, create=False)
+        self.milvus = open_for_store(spec, store, create=False)
+        self.transform: Any = None
+        self.gen = -1
+        self._n = 0
 
-    def refresh(self) -> None:
-        """The transform only: Milvus holds the vectors."""
+    def refresh(self, store: Any) -> None:
+        """The transform only: Milvus holds the vectors (kept in step by ``sync``)."""
         from cbir.index.vector_index import current_transform
 
-        with self._lock:
-            self.transform = current_transform(self.store)
-            self._gen = self.store.generation
+        gen = store.generation
+        if gen != self.gen:
+            self.transform, self._n, self.gen = current_transform(store), store.count(), gen
 
-    def search_features(self, features: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        assert self.milvus is not None
-        q = self.transform(np.asarray(features, np.float32))
+    @property
+    def ntotal(self) -> int:
+        return min(self._n, MAX_TOPK)
+
+    def search(self, q: Any, k: int) -> Ranked:
         res = self.milvus.search(q, k, tags=self.tags, path_prefix=self.path_prefix)
-        return [
-            [Hit(rank=r + 1, id=h.id, path=h.path, score=round(h.score, 6), distance=h.distance)
-             for r, h in enumerate(hits)]
-            for hits in res
-        ]  # fmt: skip
+        nq = len(res)
+        scores = np.full((nq, k), -np.inf)
+        ids = np.full((nq, k), -1, np.int64)
+        dist = np.zeros((nq, k)) if self.milvus.code.lower_is_better else None
+        for r, hits in enumerate(res):
+            for j, h in enumerate(hits[:k]):
+                scores[r, j], ids[r, j] = h.score, h.id
+                if dist is not None and h.distance is not None:
+                    dist[r, j] = h.distance
+        return scores, ids, dist
+
+    def search_among(self, q: Any, k: int, allowed: np.ndarray) -> Ranked | None:
+        return None
 
     def close(self) -> None:
-        if self.milvus is not None:
-            self.milvus.close()
-        super().close()
+        self.milvus.close()

@@ -24,8 +24,9 @@ from typing import Any
 import faiss
 import numpy as np
 
+from cbir.codes.base import CodeKind, Ranked
+from cbir.codes.registry import code_kind
 from cbir.errors import CbirError
-from cbir.search.searcher import Searcher
 from cbir.utils import atomic_write_bytes
 
 MANIFEST = "shards.json"
@@ -33,7 +34,8 @@ FORMAT = "cbir-shards-1"
 
 
 def _binary(index: Any) -> bool:
-    return isinstance(index, faiss.IndexBinary)
+    """Hamming distances (lower is better) rather than scores: a binary index."""
+    return isinstance(index, faiss.IndexBinary) or hasattr(index, "bits")
 
 
 def exact_topk(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,25 +84,6 @@ def merge_topk(
     return np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
 
 
-def _new_index(kind: str, dim: int, index_type: str) -> Any:
-    if kind == "binary":
-        if index_type not in ("BFlat", "Flat"):
-            raise CbirError(f"binary shards: index type {index_type!r}; shards support BFlat")
-        return faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(dim))
-    from cbir.index.faiss_index import make_float_index
-
-    return make_float_index(index_type, dim)
-
-
-def _write(index: Any, path: Path) -> None:
-    data = faiss.serialize_index_binary(index) if _binary(index) else faiss.serialize_index(index)
-    atomic_write_bytes(path, data.tobytes())
-
-
-def _read(path: Path, kind: str) -> Any:
-    return faiss.read_index_binary(str(path)) if kind == "binary" else faiss.read_index(str(path))
-
-
 @dataclass
 class Shard:
     """One shard: its file and the (inclusive) id range it owns."""
@@ -117,9 +100,10 @@ class ShardedIndex:
 
     Args:
         root: the shard directory.
-        kind: "float" (inner product) or "binary" (Hamming, packed codes).
+        kind: the code kind's name (:mod:`cbir.codes`): "float" (inner product) or
+            "binary" (Hamming, packed codes).
         dim: vector dimension (bits for binary).
-        index_type: faiss index_factory string of every shard (``Flat`` / ``BFlat``: exact).
+        index_type: the index type of every shard (``Flat`` / ``BFlat``: exact).
         shards: the shards, by ascending id range.
     """
 
@@ -130,6 +114,10 @@ class ShardedIndex:
     shards: list[Shard] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
     _indexes: list[Any] = field(default_factory=list, repr=False)
+
+    @property
+    def code(self) -> CodeKind:
+        return code_kind(self.kind)
 
     # ------------------------------------------------------------- building
     @classmethod
@@ -160,40 +148,27 @@ class ShardedIndex:
         if ids_per_shard:
             n_shards = max(1, -(-n // ids_per_shard))
         n_shards = max(1, min(n_shards or 1, max(n, 1)))
-        dim = int(vectors.shape[1]) * (8 if kind == "binary" else 1)
-        index_type = index_type or ("BFlat" if kind == "binary" else "Flat")
+        code = code_kind(kind)
+        if not code.shardable:
+            raise CbirError(f"{kind} codes cannot be split into shards; search the index itself")
+        dim = code.dim_of(vectors)
+        index_type = index_type or code.default_index_type
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         self = cls(root, kind, dim, index_type, source=source or {})
-        template = _new_index(kind, dim, index_type)
-        if not getattr(template, "is_trained", True):
-            from cbir.index.faiss_index import train_if_needed
-
-            train_if_needed(template, vectors[:200_000], index_type)
+        template = code.make(index_type, dim)
+        code.train(template, vectors[:200_000], index_type)
         bounds = np.linspace(0, n, n_shards + 1).round().astype(int)
         for j in range(n_shards):
             a, b = bounds[j], bounds[j + 1]
             lo = int(ids[a]) if b > a else (self.shards[-1].hi + 1 if self.shards else 0)
             hi = int(ids[b]) - 1 if j + 1 < n_shards else np.iinfo(np.int64).max
-            # binary flat needs no training (and faiss cannot clone its IDMap2)
-            index = (
-                _new_index(kind, dim, index_type)
-                if kind == "binary"
-                else faiss.clone_index(template)
-            )
-            if b > a:
-                vec = (
-                    vectors[a:b]
-                    if kind == "binary"
-                    else np.ascontiguousarray(vectors[a:b], np.float32)
-                )
-                index.add_with_ids(vec, ids[a:b])
+            index = code.clone(template)
+            code.add(index, vectors[a:b], ids[a:b])
             if j == 0:
                 lo = np.iinfo(np.int64).min
-            shard = Shard(
-                f"shard-{j:05d}.{'bidx' if kind == 'binary' else 'faiss'}", lo, hi, int(b - a)
-            )
-            _write(index, root / shard.file)
+            shard = Shard(f"shard-{j:05d}.{code.ext}", lo, hi, int(b - a))
+            code.write(index, root / shard.file)
             self.shards.append(shard)
             self._indexes.append(index)
         self.save_manifest()
@@ -201,31 +176,43 @@ class ShardedIndex:
 
     @classmethod
     def from_store(
-        cls, store: Any, root: str | os.PathLike[str], *, n_shards: int | None = None,
-        ids_per_shard: int | None = None, index_type: str | None = None,
-    ) -> ShardedIndex:  # fmt: skip
+        cls,
+        store: Any,
+        root: str | os.PathLike[str],
+        *,
+        n_shards: int | None = None,
+        ids_per_shard: int | None = None,
+        index_type: str | None = None,
+    ) -> ShardedIndex:
         """Shards of every live image of an IndexStore (its transform applied)."""
         from cbir.index.vector_index import current_transform
 
         t = current_transform(store)
-        if t.kind == "sparse":
+        code = code_kind(t)
+        if not code.shardable:
             raise CbirError(
-                f"{store.root} holds sparse codes: their inverted index is searched whole, not in"
+                f"{store.root} holds {t.kind} codes: their index is searched whole, not in"
                 " shards; search the index itself"
             )
         ids, vecs = [], []
         for i, f in store.iter_features():
             ids.append(i)
             vecs.append(t(f))
-        dtype = np.uint8 if t.kind == "binary" else np.float32
-        width = t.dim // 8 if t.kind == "binary" else t.dim
         all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-        all_vecs = np.concatenate(vecs) if vecs else np.zeros((0, width), dtype)
+        all_vecs = np.concatenate(vecs) if vecs else code.empty(t.dim)
         if index_type is None:
-            index_type = "BFlat" if t.kind == "binary" else store.config["index_type"]
+            index_type = code.shard_type(store.config["index_type"])
         source = {"index": str(Path(store.root).resolve()), "generation": store.generation}
-        return cls.build(root, all_ids, all_vecs, kind=t.kind, index_type=index_type,
-                         n_shards=n_shards, ids_per_shard=ids_per_shard, source=source)  # fmt: skip
+        return cls.build(
+            root,
+            all_ids,
+            all_vecs,
+            kind=t.kind,
+            index_type=index_type,
+            n_shards=n_shards,
+            ids_per_shard=ids_per_shard,
+            source=source,
+        )
 
     # -------------------------------------------------------------- opening
     @classmethod
@@ -244,11 +231,11 @@ class ShardedIndex:
             raise CbirError(
                 f"{root / MANIFEST}: format {m.get('format')!r}, this cbir reads {FORMAT}"
             )
-        self = cls(root, m["kind"], int(m["dim"]), m["index_type"], [Shard(**s) for s in m["shards"]],
-                   m.get("source", {}))  # fmt: skip
+        shards = [Shard(**s) for s in m["shards"]]
+        self = cls(root, m["kind"], int(m["dim"]), m["index_type"], shards, m.get("source", {}))
         for s in self.shards:
             try:
-                self._indexes.append(_read(root / s.file, self.kind))
+                self._indexes.append(self.code.read(root / s.file))
             except RuntimeError as e:
                 raise CbirError(
                     f"{root / s.file}: unreadable shard ({str(e).strip().splitlines()[-1]})"
@@ -258,9 +245,13 @@ class ShardedIndex:
     def save_manifest(self) -> None:
         """Write ``shards.json`` atomically."""
         m = {
-            "format": FORMAT, "kind": self.kind, "dim": self.dim, "index_type": self.index_type,
-            "shards": [s.__dict__ for s in self.shards], "source": self.source,
-        }  # fmt: skip
+            "format": FORMAT,
+            "kind": self.kind,
+            "dim": self.dim,
+            "index_type": self.index_type,
+            "shards": [s.__dict__ for s in self.shards],
+            "source": self.source,
+        }
         atomic_write_bytes(self.root / MANIFEST, json.dumps(m, indent=1).encode())
 
     # ------------------------------------------------------------- changing
@@ -275,12 +266,7 @@ class ShardedIndex:
         where = self.shard_of(ids)
         for j in np.unique(where):
             sel = where == j
-            vec = (
-                vectors[sel]
-                if self.kind == "binary"
-                else np.ascontiguousarray(vectors[sel], np.float32)
-            )
-            self._indexes[j].add_with_ids(vec, ids[sel])
+            self.code.add(self._indexes[j], vectors[sel], ids[sel])
             self._save(int(j))
 
     def remove(self, ids: np.ndarray) -> int:
@@ -299,7 +285,7 @@ class ShardedIndex:
         return removed
 
     def _save(self, j: int) -> None:
-        _write(self._indexes[j], self.root / self.shards[j].file)
+        self.code.write(self._indexes[j], self.root / self.shards[j].file)
         self.shards[j].n = int(self._indexes[j].ntotal)
         self.save_manifest()
 
@@ -314,54 +300,69 @@ class ShardedIndex:
         """Canonical top-``k`` over all shards: ``(scores or distances, ids)``."""
         if k < 1:
             raise CbirError("k must be at least 1")
-        if self.kind == "float":
-            from cbir.index.faiss_index import set_search_params
-
-            for x in self._indexes:
-                set_search_params(x)
-        q = queries if self.kind == "binary" else np.ascontiguousarray(queries, np.float32)
+        code = self.code
+        for x in self._indexes:
+            code.tune(x)
+        q = code.as_codes(queries)
         workers = threads or min(len(self._indexes), os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             parts = list(pool.map(lambda x: exact_topk(x, q, k), self._indexes))
-        return merge_topk(parts, k, self.kind == "binary")
+        return merge_topk(parts, k, code.lower_is_better)
 
 
-class ShardSearcher(Searcher):
-    """A :class:`~cbir.search.searcher.Searcher` over the shard files of an index.
+class ShardBackend:
+    """A :class:`~cbir.index.backends.base.VectorBackend` over the shard files of an index.
 
     The index directory gives the model and the rows (paths); the shards must be of its
     current generation (``cbir index ... --store shards:DIR`` or ``cbir shard`` keep them so).
     """
 
-    def __init__(
-        self, index_dir: str | os.PathLike[str], shard_dir: str | os.PathLike[str]
-    ) -> None:
-        self.shard_dir = Path(shard_dir)
-        self._mtime: int | None = None
-        super().__init__(index_dir)
+    local = False
+    index = None
 
-    def refresh(self) -> None:
+    def __init__(self, shard_dir: str | os.PathLike[str]) -> None:
+        self.shard_dir = Path(shard_dir)
+        self.spec = f"shards:{self.shard_dir}"
+        self.shards: ShardedIndex | None = None
+        self.transform: Any = None
+        self.gen = -1
+        self._mtime: int | None = None
+
+    def refresh(self, store: Any) -> None:
         """Reopen the shards when their manifest or the index changed; refuse stale ones."""
         from cbir.index.vector_index import current_transform
 
-        with self._lock:
-            try:
-                mtime = (self.shard_dir / MANIFEST).stat().st_mtime_ns
-            except OSError:
-                raise CbirError(
-                    f"{self.shard_dir}: no {MANIFEST}; build it with `cbir shard`"
-                ) from None
-            gen = self.store.generation
-            if mtime == self._mtime and gen == self._gen:
-                return
-            sh = ShardedIndex.open(self.shard_dir)
-            src = sh.source.get("index")
-            if src and Path(src) != Path(self.store.root).resolve():
-                raise CbirError(f"{self.shard_dir} holds shards of {src}, not of {self.store.root}")
-            if sh.source.get("generation") != gen:
-                raise CbirError(
-                    f"{self.shard_dir} is of generation {sh.source.get('generation')}, the index is at"
-                    f" {gen}; rebuild: cbir shard {self.store.root} --out {self.shard_dir} --shards N"
-                )
-            self._index, self.transform = sh, current_transform(self.store)
-            self._gen, self._mtime = gen, mtime
+        try:
+            mtime = (self.shard_dir / MANIFEST).stat().st_mtime_ns
+        except OSError:
+            raise CbirError(
+                f"{self.shard_dir}: no {MANIFEST}; build it with `cbir shard`"
+            ) from None
+        gen = store.generation
+        if mtime == self._mtime and gen == self.gen:
+            return
+        sh = ShardedIndex.open(self.shard_dir)
+        src = sh.source.get("index")
+        if src and Path(src) != Path(store.root).resolve():
+            raise CbirError(f"{self.shard_dir} holds shards of {src}, not of {store.root}")
+        if sh.source.get("generation") != gen:
+            raise CbirError(
+                f"{self.shard_dir} is of generation {sh.source.get('generation')}, the index is at"
+                f" {gen}; rebuild: cbir shard {store.root} --out {self.shard_dir} --shards N"
+            )
+        self.shards, self.transform = sh, current_transform(store)
+        self.gen, self._mtime = gen, mtime
+
+    @property
+    def ntotal(self) -> int:
+        return 0 if self.shards is None else self.shards.ntotal
+
+    def search(self, q: Any, k: int) -> Ranked:
+        assert self.shards is not None
+        return self.shards.code.search(self.shards, q, k, self.shards.dim)
+
+    def search_among(self, q: Any, k: int, allowed: np.ndarray) -> Ranked | None:
+        return None
+
+    def close(self) -> None:
+        self.shards = None
