@@ -1,16 +1,81 @@
-"""The numba kernels of multi-index hashing (:mod:`cbir.index.mih`): heap, scan, probe.
+"""The hash tables of multi-index hashing (:mod:`cbir.index.mih`) and its numba kernels
+(heap, scan, probe).
 
 Norouzi, Punjani & Fleet, "Fast Exact Search in Hamming Space with Multi-Index Hashing"
-(CVPR 2012). Defined only where numba is installed (``HAVE_NUMBA``); the numpy path of
-:class:`cbir.index.mih.MultiIndexHash` gives the same answers.
+(CVPR 2012). The kernels are defined only where numba is installed (``HAVE_NUMBA``); the numpy
+path of :class:`cbir.index.mih.MultiIndexHash` gives the same answers.
 """
-# ruff: noqa: N803, N806
 
 from __future__ import annotations
 
 import numpy as np
 
 from cbir.codes.bits import HAVE_NUMBA
+
+_DIR_BITS = 16  # a direct-address directory on the top bits of each substring value
+
+
+class HashTables:
+    """The m hash tables, as sorted buckets.
+
+    ``keys`` (int64, sorted): ``(table << 32) | value`` of every non-empty bucket;
+    bucket ``b`` holds entries ``bstart[b]:bstart[b+1]`` of ``tids`` (code positions,
+    int32) and ``tcodes`` (the codes themselves, copied in bucket order so that a bucket
+    is read sequentially). ``dirs[doff[t] + (value >> dshift[t])]`` is the first key of
+    table ``t`` with those top bits, so a lookup binary-searches only a few keys.
+    """
+
+    def __init__(self, m: int, nwords: int) -> None:
+        self.keys = np.zeros(0, np.int64)
+        self.bstart = np.zeros(1, np.int64)
+        self.tids = np.zeros(0, np.int32)
+        self.tcodes = np.zeros((0, nwords), np.uint64)
+        self.dirs = np.zeros(2 * m, np.int64)
+        self.doff = np.arange(0, 2 * m + 1, 2, dtype=np.int64)
+        self.dshift = np.zeros(m, np.int64)
+
+    @classmethod
+    def build(cls, words: np.ndarray, subs: np.ndarray, lengths: np.ndarray) -> HashTables:
+        """Tables over codes ``words`` (n, W) whose substring values are ``subs`` (n, m)."""
+        n, m = subs.shape
+        if n >= 2**31:
+            raise ValueError(f"{n} codes: the tables hold at most 2**31 - 1")
+        self = cls(m, words.shape[1])
+        keys, starts, tids, dirs, dlen = [], [], [], [], [0]
+        shifts = []
+        nkeys = 0
+        for t in range(m):
+            v = subs[:, t]
+            order = np.argsort(v, kind="stable")
+            sv = v[order]
+            first = np.flatnonzero(np.r_[True, sv[1:] != sv[:-1]]) if n else np.zeros(0, np.intp)
+            uv = sv[first]
+            keys.append(uv | np.int64(t << 32))
+            starts.append(first.astype(np.int64) + t * n)
+            tids.append(order.astype(np.int32))
+            bits = min(int(lengths[t]), _DIR_BITS)
+            shift = int(lengths[t]) - bits
+            shifts.append(shift)
+            dirs.append(np.searchsorted(uv >> shift, np.arange((1 << bits) + 1)) + nkeys)
+            dlen.append(dlen[-1] + len(dirs[-1]))
+            nkeys += len(uv)
+        self.keys = np.concatenate(keys).astype(np.int64, copy=False)
+        self.bstart = np.concatenate([*starts, np.array([m * n], dtype=np.int64)])
+        self.tids = np.concatenate(tids)
+        self.tcodes = words[self.tids.astype(np.intp) if n else np.zeros(0, np.intp)]
+        self.tcodes = np.ascontiguousarray(self.tcodes.reshape(m * n, words.shape[1]))
+        self.dirs = np.concatenate(dirs).astype(np.int64)
+        self.doff = np.array(dlen, dtype=np.int64)
+        self.dshift = np.array(shifts, dtype=np.int64)
+        return self
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return (self.keys, self.bstart, self.tids, self.tcodes, self.dirs, self.doff, self.dshift)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays())
+
 
 if HAVE_NUMBA:
     import numba
