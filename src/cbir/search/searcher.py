@@ -216,9 +216,12 @@ class Searcher:
             out.append(hits)
         return out, gen
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
+    def search_vectors(
+        self, vectors: np.ndarray, k: int = 10, where: Any = None
+    ) -> list[list[Hit]]:
         """Top-``k`` hits for rows already in the index's space (unit vectors of the
-        index's dimension, e.g. a caption through a joint model's text head)."""
+        index's dimension, e.g. a caption through a joint model's text head), passing
+        ``where`` if given."""
         v = np.ascontiguousarray(vectors, np.float32)
         if (
             v.ndim != 2
@@ -228,7 +231,7 @@ class Searcher:
             raise CbirError(
                 f"{self.store.root}: expected float query vectors of dimension {self.transform.dim}"
             )
-        return self.search_features(v.view(IndexVectors), k)
+        return self.search_features(v.view(IndexVectors), k, where)
 
     def search_id(self, id_: int, k: int = 10, where: Any = None) -> list[Hit]:
         """Neighbours of an indexed image (itself first, if it passes ``where``)."""

@@ -252,31 +252,17 @@ def has_joint(root: Path) -> bool:
 
 
 def joint_search(searcher: Searcher, text: str, k: int, where: Where | None = None) -> list[Hit]:
-    """The VSE++ model's text-to-image hits (filtered by searching deeper)."""
+    """The VSE++ model's text-to-image hits (``where``: :mod:`cbir.search.filtered`)."""
     root = searcher.store.root
     if not has_joint(root):
         raise _no_joint(root)
     from cbir.search.joint_model import joint_model
 
     query = joint_model(searcher).encode_text([text])
-
-    allowed = None
-    if where is not None:
-        from cbir.search.where import matching_ids
-
-        allowed = matching_ids(searcher.store.conn, where)
-    n = max(len(searcher), 1)
-    depth = k if allowed is None else min(n, 4 * k)
-    while True:
-        raw = list(searcher.search_vectors(query, depth)[0])
-        hits = [h if isinstance(h, Hit) else Hit(**{**h, "rank": 0}) for h in raw]
-        kept = [h for h in hits if allowed is None or h.id in allowed]
-        if len(kept) >= k or len(raw) < depth or depth >= n:
-            break
-        depth = min(n, depth * 4)
-    for h in kept:
+    hits = searcher.search_vectors(query, k, where)[0]  # k passing whenever k pass
+    for h in hits:
         h.source = "joint"
-    return kept[:k]
+    return hits
 
 
 def search_text(
