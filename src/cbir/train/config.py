@@ -38,7 +38,9 @@ class MethodOptions:
 
     def describe(self) -> str:
         """``"64 bits"`` or ``"128-d"`` (plot titles)."""
-        return f"{self.width} bits" if self.kind == "binary" else f"{self.width}-d"
+        from cbir.codes.registry import code_kind
+
+        return code_kind(self.kind).describe(self.width)
 
 
 @dataclass
