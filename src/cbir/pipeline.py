@@ -4,6 +4,13 @@ Like rclip, a second run embeds only new or changed files: a file whose path, si
 mtime are unchanged is skipped without reading it; a changed file is hashed, and only a
 new sha256 is embedded again; content already indexed under another path (a copy, a
 move) reuses its stored features; files that are gone are dropped.
+
+Collections change (issue 18): a file whose content (size + sha256) is indexed under a
+path that is gone is a *move*: its row keeps its id and features and gets the new path.
+``prune`` drops rows whose files are gone under the folder indexed (the default), under
+every folder this index has recorded (``True``, ``cbir index --prune``), or nowhere
+(``False``); ``exclude`` globs (:func:`cbir.index.collection.excluded`) keep files out and,
+with pruning, drop the rows they match.
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +43,7 @@ from cbir.data.folder import find_images
 from cbir.data.images import decode, read_bytes
 from cbir.errors import CbirError
 from cbir.heads.transform import FrozenTransform, Transform
-from cbir.index import vector_index
+from cbir.index import collection, vector_index
 from cbir.index.metadata import exif_from_bytes, exif_from_file, read_sidecars, stored_sidecars
 from cbir.index.store import IndexStore, NewImage, Touch
 
@@ -54,6 +63,8 @@ class IndexSummary:
     unchanged: int = 0
     touched: int = 0
     removed: int = 0
+    moved: int = 0
+    excluded: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
     total: int = 0
     seconds: float = 0.0
@@ -68,7 +79,10 @@ class IndexSummary:
         out = [
             f"indexed {self.indexed} new or changed image(s)"
             + (f" ({self.reused} reused from identical content)" if self.reused else "")
-            + f", {self.unchanged} unchanged, {self.removed} removed, {len(self.failed)} failed"
+            + f", {self.unchanged} unchanged"
+            + (f", {self.moved} moved (same id)" if self.moved else "")
+            + (f", {self.excluded} excluded" if self.excluded else "")
+            + f", {self.removed} removed, {len(self.failed)} failed"
             f" -> {self.total} in {self.index_dir} ({self.seconds:.1f} s"
             + (f", {self.embedded_per_s:.0f} img/s" if self.embedded_per_s else "")
             + ")"
@@ -247,6 +261,8 @@ def index_folder(
     model: str | os.PathLike[str] | None = None,
     engine: Any = None,
     backbone: str | None = None,
+    prune: bool | None = None,
+    exclude: Sequence[str] = (),
 ) -> IndexSummary:
     """Index (or update the index of) every image under ``images_dir``.
 
@@ -255,6 +271,9 @@ def index_folder(
     ``backbone``: the backbone of a new index, a registry spec such as
     ``efficientnet-lite0`` (the default) or ``onnx:PATH.onnx``; an existing index keeps its own
     (another one is refused).
+    ``prune``: drop rows whose files are gone (or match ``exclude``) under ``images_dir``
+    (None, the default), under every folder indexed into ``index_dir`` so far (True), or
+    keep them (False). ``exclude``: globs of files not to index (``--exclude``).
     ``engine``: None embeds here (decoding threads + onnxruntime); otherwise an object
     whose ``embed(todo, classify, backbone, batch_size)`` yields the same ``Batch``es in
     order (e.g. :class:`cbir.distributed.ray_embed.RayEngine`).
@@ -270,7 +289,8 @@ def index_folder(
             f"{index_dir}: its parent folder {target.parent} does not exist; create it first"
         )
     before = set(os.listdir(target)) if fresh and target.is_dir() else None
-    files = find_images(root)
+    found = find_images(root)
+    files = [p for p in found if not collection.excluded(p, root, exclude)]
     if not files and not IndexStore.exists(index_dir):
         raise CbirError(
             f"{images_dir}: no images found (looked for jpg, png, webp, bmp, gif, tiff)"
@@ -293,11 +313,28 @@ def index_folder(
         n_images=len(files),
     )
     summary = IndexSummary(images_dir=str(root), index_dir=str(index_dir), found=len(files))
+    summary.excluded = len(found) - len(files)
     store.lock()
     try:
+        sweep: list[str] | None = None  # the folders whose stale rows are dropped
+        if prune is None:
+            sweep = [str(root)]
+        elif prune:
+            sweep = sorted({str(root), *collection.roots(store)})
         _index_files(
-            store, root, files, summary, batch_size, workers, commit_every, progress, engine
+            store,
+            root,
+            files,
+            summary,
+            batch_size,
+            workers,
+            commit_every,
+            progress,
+            engine,
+            sweep,
+            exclude,
         )
+        collection.record_root(store, str(root))
         try:
             vector_index.refresh(store)
         except Exception as e:  # a new index whose search index cannot be built: roll back
@@ -327,6 +364,8 @@ def _index_files(
     commit_every: int,
     progress: bool | None,
     engine: Any = None,
+    sweep: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
 ) -> None:
     backbone = backbone_for(store)
     existing = store.rows_under(str(root))
@@ -359,7 +398,12 @@ def _index_files(
             summary.unchanged += 1
             continue
         todo.append((path, st))
-    gone = [row["id"] for path, row in existing.items() if path not in seen]
+    gone: list[int] = []
+    if sweep is not None:  # rows under ROOT not found now (gone or excluded), then the rest
+        gone = [row["id"] for path, row in existing.items() if path not in seen]
+        other = [r for r in sweep if r != str(root)]
+        gone += [r["id"] for r in collection.stale_rows(store, other, exclude)]
+        gone = sorted(set(gone))
     # Sidecar metadata (metadata.csv / metadata.json / IMG.json) is re-read every run:
     # rows whose fields changed are rewritten in the final commit, with the deletions.
     sidecars = read_sidecars(root, files)
@@ -369,8 +413,26 @@ def _index_files(
         for path, row in existing.items()
         if path in seen and sidecars.get(path, {}) != stored_side.get(row["id"], {})
     }
-    known_sha = {r[0]: r[1] for r in store.conn.execute("SELECT sha256, id FROM images")}
+    by_sha: dict[str, list[tuple[int, str, int]]] = {}
+    for r in store.conn.execute("SELECT id, path, sha256, size FROM images ORDER BY id"):
+        by_sha.setdefault(r[2], []).append((r[0], r[1], r[3]))
+    known_sha = {sha: rows[-1][0] for sha, rows in by_sha.items()}
+    moved: set[int] = set()  # rows given a new path in this run
+    claim = threading.Lock()  # classify runs in the decoding threads
     size = backbone.preprocess.size
+
+    def moved_row(path: str, sha: str, nbytes: int) -> tuple[int, str] | None:
+        """An indexed row with this content (size + sha256) whose file is gone: a move."""
+        if path in existing:
+            return None
+        with claim:
+            for id_, old_path, old_size in by_sha.get(sha, ()):
+                if id_ in moved or old_size != nbytes or old_path in seen:
+                    continue
+                if collection.is_gone(old_path):
+                    moved.add(id_)
+                    return id_, old_path
+        return None
 
     def classify(item: tuple[str, os.stat_result], sha: str, nbytes: int) -> dict[str, Any]:
         """``info`` of a read file; "touch" or "reuse" in it when nothing needs embedding."""
@@ -379,6 +441,8 @@ def _index_files(
         old = existing.get(path)
         if old is not None and old["sha256"] == sha:
             info["touch"] = old["id"]
+        elif sha in known_sha and (move := moved_row(path, sha, nbytes)) is not None:
+            info["touch"], info["moved_from"] = move
         elif sha in known_sha:
             info["reuse"] = known_sha[sha]
             info["width"], info["height"] = None, None
@@ -412,9 +476,8 @@ def _index_files(
         if not (added or touched or (final and (gone or sidecar_updates))):
             return
         f = np.concatenate(feats) if feats else None
-        store.commit(
-            added, f, touched, gone if final else (), sidecars=sidecar_updates if final else None
-        )
+        dropped = [g for g in gone if g not in moved] if final else ()
+        store.commit(added, f, touched, dropped, sidecars=sidecar_updates if final else None)
         added, feats, touched = [], [], []
 
     if engine is None:
@@ -428,6 +491,13 @@ def _index_files(
             dict(zip(reuse_ids, store.features(reuse_ids), strict=True)) if reuse_ids else {}
         )
         for (path, _st), info, row in batch.ok:
+            if "moved_from" in info:  # same id and features, new path (and its sidecar)
+                touched.append(Touch(info["touch"], info["size"], info["mtime_ns"], path))
+                side = sidecars.get(path, {})
+                if side != stored_side.get(info["touch"], {}):
+                    sidecar_updates[info["touch"]] = side
+                summary.moved += 1
+                continue
             if "touch" in info:
                 touched.append(Touch(info["touch"], info["size"], info["mtime_ns"]))
                 summary.touched += 1
@@ -467,6 +537,6 @@ def _index_files(
     flush(final=True)
     if bar is not None:
         bar.close()
-    summary.removed = len(gone)
+    summary.removed = len([g for g in gone if g not in moved])
     dt = time.perf_counter() - t_embed
     summary.embedded_per_s = round(embedded / dt, 1) if embedded and dt > 0 else 0.0

@@ -14,7 +14,8 @@ What is checked (errors make the index broken; warnings do not):
   holds exactly the live ids, and its size equals the row count.
 - Files: an indexed file that still exists is hashed and compared with its recorded
   sha256; one changed or removed on disk since is reported, not counted as broken
-  (except uploads, which the index owns). Files left over by an interrupted write are
+  (except uploads, which the index owns), with the folder to re-index for them (the
+  recorded ``cbir index`` root holding them, :mod:`cbir.index.collection`). Files left over by an interrupted write are
   listed as warnings (the next write removes them).
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import sqlite3
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -32,6 +34,7 @@ import numpy as np
 
 from cbir.codes.registry import code_kind
 from cbir.errors import CbirError
+from cbir.index import collection
 from cbir.index.store import DB_NAME, IndexStore, config_problem
 from cbir.utils import sha256_file
 
@@ -55,6 +58,8 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    #: The folders to re-index: {root: {"changed": n, "missing": n, "exists": bool}}.
+    reindex: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -78,14 +83,17 @@ class CheckReport:
         out += [f"  warning: {w}" for w in self.warnings[:20]]
         if len(self.warnings) > 20:
             out.append(f"  ... and {len(self.warnings) - 20} more warning(s) (see --json)")
-        if self.changed:
-            out.append(
-                f"  {len(self.changed)} file(s) changed on disk since indexed (re-run `cbir index`)"
-            )
-        if self.missing:
-            out.append(
-                f"  {len(self.missing)} indexed file(s) no longer on disk (re-run `cbir index`)"
-            )
+        idx = shlex.quote(self.index_dir)
+        for root, n in self.reindex.items():
+            what = [f"{n[k]} file(s) {k}" for k in ("changed", "missing") if n[k]]
+            if n["exists"]:
+                fix = f"re-index it: `cbir index {shlex.quote(root)} --index {idx}`"
+            else:  # the folder itself is gone (moved, deleted or not mounted)
+                fix = (
+                    "the folder is gone: index its new place with `cbir index NEW_FOLDER"
+                    f" --index {idx}` (moved files keep their ids), or `cbir prune {idx}`"
+                )
+            out.append(f"  {' and '.join(what)} under {root}: {fix}")
         return out
 
 
@@ -175,6 +183,14 @@ def _check(store: IndexStore, report: CheckReport, hashes: bool) -> None:
     _check_search_index(store, fa, gen, rows, live, report)
     _check_leftovers(root, segments, fa, report)
     _check_files(store, rows, hashes, report)
+    roots = collection.roots(store)
+    for what in ("changed", "missing"):
+        for root, paths in collection.by_root(getattr(report, what), roots).items():
+            n = report.reindex.setdefault(
+                root, {"changed": 0, "missing": 0, "exists": os.path.isdir(root)}
+            )
+            n[what] += len(paths)
+    report.reindex = dict(sorted(report.reindex.items()))
 
 
 def _check_texts(store: IndexStore, report: CheckReport) -> bool:

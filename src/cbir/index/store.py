@@ -94,11 +94,12 @@ class NewImage:
 
 @dataclass
 class Touch:
-    """A file whose size/mtime changed but whose content (sha256) did not."""
+    """A file whose size/mtime changed but whose content (sha256) did not; ``path``: moved."""
 
     id: int
     size: int
     mtime_ns: int
+    path: str | None = None
 
 
 def write_error(root: Path, e: BaseException, what: str = "write the index") -> IndexWriteError:
@@ -524,8 +525,8 @@ class IndexStore:
                         metadata.refresh_text(c, id_new)
                 for t in touched:
                     c.execute(
-                        "UPDATE images SET size=?, mtime_ns=? WHERE id=?",
-                        (t.size, t.mtime_ns, t.id),
+                        "UPDATE images SET size=?, mtime_ns=?, path=COALESCE(?, path) WHERE id=?",
+                        (t.size, t.mtime_ns, t.path, t.id),
                     )
                 for id_, fields in (sidecars or {}).items():
                     if c.execute("SELECT 1 FROM images WHERE id=?", (int(id_),)).fetchone():
