@@ -56,6 +56,7 @@ def test_every_subcommand_in_help_order():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert list(sub.choices) == [
         "index",
+        "prune",
         "search",
         "info",
         "datasets",

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from cbir.cli.common import AddCommand
+from cbir.cli.common import AddCommand, add_index_argument
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -42,7 +42,7 @@ def register(add: AddCommand) -> None:
         cmd_calibrate,
         "Set the index's 'no match' threshold from labelled data (held-out classes and generated rejects as negatives).",
     )
-    sp.add_argument("index_dir", help="index directory (its model scores the calibration images)")
+    add_index_argument(sp, help_="index directory (its model scores the calibration images)")
     sp.add_argument(
         "--dataset", required=True, help="labelled dataset: registered name or ImageFolder path"
     )
@@ -53,4 +53,6 @@ def register(add: AddCommand) -> None:
     sp.add_argument(
         "--limit", type=int, default=4000, help="images of the dataset used (default 4000)"
     )
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument(
+        "--json", action="store_true", help="print the threshold and its figures as JSON"
+    )

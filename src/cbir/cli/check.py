@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cbir.cli.common import AddCommand
+from cbir.cli.common import AddCommand, add_index_argument
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -27,6 +27,6 @@ def register(add: AddCommand) -> None:
         cmd_check,
         "Check an index: metadata, feature segments and search index agree; file hashes match.",
     )
-    sp.add_argument("index_dir")
+    add_index_argument(sp)
     sp.add_argument("--no-hashes", action="store_true", help="do not re-hash the indexed files")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the report as JSON")

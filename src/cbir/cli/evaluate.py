@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cbir.cli.common import AddCommand
+from cbir.cli.common import AddCommand, add_alias
 from cbir.cli.rerank import add_rerank_arguments, rerank_from_args
 from cbir.errors import CbirError
 
@@ -23,7 +23,7 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate and print (or write) the figures."""
-    from cbir.eval.report import dumps, write_report
+    from cbir.eval.report import dumps, metric_label, write_report
     from cbir.eval.run import evaluate
 
     progress = False if args.json else None
@@ -34,7 +34,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         size=args.size,
         seed=args.seed,
         progress=progress,
-        limit_queries=args.limit_queries,
+        limit_queries=args.query_limit,
         map_at=_ints(args.map_at),
         rerank=rerank_from_args(args),
     )
@@ -54,7 +54,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     for k, v in summary["metrics"].items():
         if isinstance(v, float):
-            print(f"  {k:<14} {v:.4f}")
+            print(f"  {v:.4f}  {metric_label(k)}")
     print(f"ties:     {summary['ties']}")
     print(
         f"time:     {summary['seconds']['total']} s (features {summary['seconds']['features']} s)"
@@ -99,7 +99,7 @@ def register(add: AddCommand) -> None:
     sp.add_argument(
         "--model",
         default="frozen",
-        help="frozen (default; centred cosine), frozen-raw, or a `cbir train` run directory",
+        help="the model: frozen (centred cosine), frozen-raw, or a `cbir train` run directory",
     )
     sp.add_argument(
         "--size",
@@ -115,8 +115,13 @@ def register(add: AddCommand) -> None:
         help="mAP cut-offs to report, e.g. 1000,5000 (default: the protocol's)",
     )
     sp.add_argument(
-        "--limit-queries", type=int, default=None, help="evaluate a random subset of the queries"
+        "--query-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate on a random subset of N queries (as `cbir train --query-limit`)",
     )
+    add_alias(sp, "--limit-queries", "query_limit", type=int)  # its name before issue 18
     sp.add_argument(
         "--out",
         "--report",

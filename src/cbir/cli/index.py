@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cbir.cli.common import AddCommand, print_json
+from cbir.cli.common import AddCommand, add_alias, add_index_argument, print_json
 from cbir.cli.shard import add_index_options
 
 
@@ -21,14 +21,16 @@ def cmd_index(args: argparse.Namespace) -> int:
             args.images_dir,
             args.index,
             batch_size=args.batch_size,
-            workers=args.workers,
+            workers=args.decode_threads,
             index_type=args.index_type,
             size=args.size,
             center=True if args.center else None,
             progress=False if args.json else None,
-            model=args.model,
+            model=None if args.model == "frozen" else args.model,
             engine=engine,
             backbone=args.backbone,
+            prune=args.prune,
+            exclude=args.exclude,
         )
     synced = sync_store(args.index, args.store)
     if args.json:
@@ -44,6 +46,18 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Drop (or with ``--dry-run`` list) the rows whose files are gone."""
+    from cbir.index.collection import prune_missing
+
+    result = prune_missing(args.index_dir, dry_run=args.dry_run)
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        print("\n".join(result.lines()))
+    return 0
+
+
 def register(add: AddCommand) -> None:
     """Add ``cbir index``."""
     sp = add(
@@ -51,10 +65,15 @@ def register(add: AddCommand) -> None:
         cmd_index,
         "Index a folder of images (incremental: only new or changed files are embedded).",
     )
-    sp.add_argument("images_dir", help="folder of images (searched recursively)")
-    sp.add_argument("--index", required=True, help="index directory (created if missing)")
-    sp.add_argument("--batch-size", type=int, default=64)
-    sp.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    sp.add_argument(
+        "images_dir", metavar="IMAGES_DIR", help="folder of images (searched recursively)"
+    )
+    add_index_argument(sp, "index", "index directory (created if missing)")
+    sp.add_argument("--batch-size", type=int, default=64, help="images per onnxruntime call")
+    sp.add_argument(
+        "--decode-threads", type=int, default=2, metavar="N", help="image decoding threads"
+    )
+    add_alias(sp, "--workers", "decode_threads", type=int)  # its name before issue 18
     sp.add_argument(
         "--index-type",
         default=None,
@@ -70,7 +89,8 @@ def register(add: AddCommand) -> None:
         "--model",
         default=None,
         metavar="RUN_DIR",
-        help="a `cbir train` run: store its codes / embeddings",
+        help="the model: a `cbir train` run (the index stores its codes / embeddings),"
+        " or frozen for the backbone alone (default: frozen)",
     )
     sp.add_argument(
         "--backbone",
@@ -79,5 +99,33 @@ def register(add: AddCommand) -> None:
         help="the model of a new index: efficientnet-lite0 (default) or onnx:PATH.onnx"
         " (see docs/backbones.md); an existing index keeps its own",
     )
+    sp.add_argument(
+        "--prune",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="drop the rows whose files are gone (or match --exclude) under every folder"
+        " indexed into INDEX so far; without either flag only under IMAGES_DIR; --no-prune"
+        " keeps them all (`cbir prune INDEX` drops files gone anywhere)",
+    )
+    sp.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="do not index files whose path under IMAGES_DIR, or any folder or file name"
+        " on it, matches GLOB (repeatable; e.g. '*.png', '.thumbnails', 'raw/*')",
+    )
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_index_options(sp)  # --engine ray, --ray-address, --store milvus:URI
+
+    sp = add(
+        "prune",
+        cmd_prune,
+        "Drop the rows of an index whose files are gone, wherever they were"
+        " (the index's own uploads are kept).",
+    )
+    add_index_argument(sp)
+    sp.add_argument(
+        "--dry-run", action="store_true", help="list the files that are gone; change nothing"
+    )
+    sp.add_argument("--json", action="store_true", help="print the files and the counts as JSON")

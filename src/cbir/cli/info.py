@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from cbir.cli.common import AddCommand, human_bytes, print_json
+from cbir.cli.common import AddCommand, add_index_argument, human_bytes, print_json
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -96,10 +96,10 @@ def register(add: AddCommand) -> None:
     sp = add(
         "info", cmd_info, "Show an index: count, dimension, backbone, index type, size on disk."
     )
-    sp.add_argument("index_dir")
-    sp.add_argument("--json", action="store_true")
+    add_index_argument(sp)
+    sp.add_argument("--json", action="store_true", help="print the index's description as JSON")
 
     sp = add(
         "datasets", cmd_datasets, "List the dataset layouts cbir reads and where it looks for them."
     )
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the layouts as JSON")

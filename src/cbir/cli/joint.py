@@ -21,7 +21,9 @@ def cmd_describe(args: argparse.Namespace) -> int:
     captions = list(dict.fromkeys(captions))  # each distinct caption once, in file order
     if not captions:
         raise CbirError("give the captions to rank: --captions FILE and/or --caption TEXT")
-    hits = image_to_text(args.model, args.image, captions, k=args.k)
+    if (args.model is None) == (args.index is None):
+        raise CbirError("give the joint model: --model RUN_DIR (a vsepp run) or --index INDEX")
+    hits = image_to_text(args.model or args.index, args.image, captions, k=args.k)
     if args.json:
         print(json.dumps({"image": args.image, "hits": [h.to_dict() for h in hits]}, indent=2))
     else:
@@ -37,12 +39,15 @@ def register(add: AddCommand) -> None:
         cmd_describe,
         "Rank captions for an image with a joint image-text model (cbir train --method vsepp).",
     )
-    sp.add_argument("image", help="an image file, or id:N of the index given as --model")
+    sp.add_argument("image", help="an image file, or id:N of the index given as --index")
     sp.add_argument(
-        "--model",
-        required=True,
-        metavar="RUN_DIR|INDEX_DIR",
-        help="a vsepp run, or an index built with one",
+        "--model", default=None, metavar="RUN_DIR", help="the joint model: a vsepp / vse0 run"
+    )
+    sp.add_argument(
+        "--index",
+        default=None,
+        metavar="INDEX",
+        help="or: an index built with a vsepp / vse0 run (its model; id:N images)",
     )
     sp.add_argument(
         "--captions",
@@ -58,4 +63,4 @@ def register(add: AddCommand) -> None:
         help="a caption to rank (repeatable)",
     )
     sp.add_argument("-k", type=int, default=5, help="captions to show")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the ranked captions as JSON")

@@ -13,11 +13,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cbir import __version__
 from cbir.cli import calibrate, check, evaluate, index, info, joint, search, serve, shard, train
-from cbir.cli.common import AddCommand, one_line
+from cbir.cli.common import AddCommand, HelpFormatter, one_line, resolve_index
 from cbir.errors import CbirError, IndexDamagedError
 
-#: Who adds subcommands, in help order: index, search, info, datasets, evaluate,
+#: Who adds subcommands, in help order: index, prune, search, info, datasets, evaluate,
 #: protocols, train, plot, describe, serve, calibrate, shard, check.
 REGISTER: tuple[Callable[[AddCommand], None], ...] = (
     index.register,
@@ -36,14 +37,17 @@ REGISTER: tuple[Callable[[AddCommand], None], ...] = (
 def build_parser() -> argparse.ArgumentParser:
     """The ``cbir`` parser with every subcommand; ``args.func(args)`` runs the one chosen."""
     p = argparse.ArgumentParser(
-        prog="cbir", description="Content-based image retrieval on one CPU machine."
+        prog="cbir",
+        description="Content-based image retrieval on one CPU machine.",
+        formatter_class=HelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"cbir {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
         name: str, func: Callable[[argparse.Namespace], int], help_: str
     ) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_)
+        sp = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
         sp.set_defaults(func=func)
         return sp
 
@@ -69,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        resolve_index(args)  # INDEX or --index INDEX
         return int(args.func(args) or 0)
     except CbirError as e:
         print(f"cbir: error: {one_line(str(e))}", file=sys.stderr)

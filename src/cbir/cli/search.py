@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cbir.cli.common import AddCommand, one_line, print_json
+from cbir.cli.common import AddCommand, add_index_argument, one_line, print_json
 from cbir.cli.rerank import add_rerank_arguments, rerank_from_args
 from cbir.cli.shard import add_search_options, open_searcher
 from cbir.errors import CbirError
@@ -66,7 +66,7 @@ def register(add: AddCommand) -> None:
     sp = add(
         "search", cmd_search, "Search an index by image file, folder of images, id:N, or --text."
     )
-    sp.add_argument("index_dir")
+    add_index_argument(sp, shift="query")
     sp.add_argument(
         "query", nargs="?", default=None, help="an image file, a folder of query images, or id:N"
     )
@@ -92,7 +92,7 @@ def register(add: AddCommand) -> None:
         " (fields: id, path, name, width, height, size, tags, added, metadata fields)",
     )
     sp.add_argument("-k", type=int, default=10, help="results per query")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print each query and its results as JSON")
     sp.add_argument("--html", default=None, metavar="OUT.html", help="write a page of thumbnails")
     add_search_options(sp)  # --store milvus:URI / shards:DIR, --tag
     add_rerank_arguments(sp)  # --rerank qe|alpha-qe|kreciprocal and its parameters

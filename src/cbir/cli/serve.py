@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cbir.cli.common import AddCommand
+from cbir.cli.common import AddCommand, add_index_argument
 from cbir.errors import CbirError
 
 
@@ -158,7 +158,7 @@ def register(add: AddCommand) -> None:
         cmd_serve,
         "Serve an index over HTTP: search API, web page at /, metrics (loopback by default).",
     )
-    sp.add_argument("index_dir", help="index directory (made by `cbir index`)")
+    add_index_argument(sp)
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sp.add_argument(
         "--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)"
@@ -173,7 +173,10 @@ def register(add: AddCommand) -> None:
         "--max-upload-mb", type=float, default=20.0, help="largest image upload (default 20 MB)"
     )
     sp.add_argument(
-        "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
+        "--log-level",
+        default="warning",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn's log level (debug also logs every request)",
     )
     sp.add_argument(
         "--store",

@@ -16,7 +16,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from cbir.cli.common import AddCommand
+from cbir.cli.common import AddCommand, add_index_argument
 from cbir.distributed.stores import SHARDS_PREFIX, open_store_searcher
 from cbir.errors import CbirError
 
@@ -129,7 +129,7 @@ def register(add: AddCommand) -> None:
         cmd_shard,
         "Split an index by id range into shard files searched together (exact merge).",
     )
-    sp.add_argument("index_dir")
+    add_index_argument(sp)
     sp.add_argument(
         "--out", required=True, help="shard directory (shards.json + one faiss file per shard)"
     )
@@ -138,4 +138,4 @@ def register(add: AddCommand) -> None:
     sp.add_argument(
         "--index-type", default=None, help="faiss index of each shard (default: the index's)"
     )
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the shards as JSON")

@@ -31,6 +31,18 @@ def _options(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+#: The batch samplers of :data:`cbir.samplers.SAMPLERS` (named here: that package needs torch).
+SAMPLER_NAMES = (
+    "random",
+    "m-per-class",
+    "exhaustive",
+    "inverse-frequency",
+    "inverse-frequency-max",
+    "loss-guided",
+    "distance-guided",
+    "cluster-anchors",
+)
+
 #: Held-out figures of joint image-text runs printed by `cbir train`.
 JOINT_FIGURES = tuple(f"{d}_recall@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10))
 
@@ -175,21 +187,31 @@ def register(add: AddCommand) -> None:
         metavar="RUN_DIR",
         help="run directory (config, metrics, checkpoint, plots)",
     )
-    sp.add_argument("--epochs", type=int, default=30)
-    sp.add_argument("--batch-size", type=int, default=256)
-    sp.add_argument("--lr", type=float, default=1e-3)
-    sp.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd", "rmsprop"])
+    sp.add_argument("--epochs", type=int, default=30, help="passes over the training set")
+    sp.add_argument("--batch-size", type=int, default=256, help="training batch size")
+    sp.add_argument("--lr", type=float, default=1e-3, help="learning rate of the head")
     sp.add_argument(
-        "--schedule", default="cosine", choices=["constant", "cosine", "warmup-invsqrt"]
+        "--optimizer",
+        default="adam",
+        choices=["adam", "adamw", "sgd", "rmsprop"],
+        help="optimizer of the head",
+    )
+    sp.add_argument(
+        "--schedule",
+        default="cosine",
+        choices=["constant", "cosine", "warmup-invsqrt"],
+        help="learning-rate schedule",
     )
     sp.add_argument("--warmup", type=int, default=200, help="warm-up steps")
-    sp.add_argument("--weight-decay", type=float, default=1e-5)
+    sp.add_argument("--weight-decay", type=float, default=1e-5, help="L2 weight decay")
     sp.add_argument(
         "--hidden",
         default="1024",
         help="hidden layer widths of the head, e.g. 1024 or '' for linear",
     )
-    sp.add_argument("--dropout", type=float, default=0.1)
+    sp.add_argument(
+        "--dropout", type=float, default=0.1, help="dropout of the head's hidden layers"
+    )
     sp.add_argument(
         "--size", type=int, default=None, help="backbone input size (default: the protocol's)"
     )
@@ -219,7 +241,11 @@ def register(add: AddCommand) -> None:
         help="loss hyperparameter, e.g. alpha=0.1",
     )
     sp.add_argument(
-        "--sampler", default=None, help="batch sampler (metric learning; see cbir.samplers)"
+        "--sampler",
+        default=None,
+        help="batch sampler (metric learning): "
+        + ", ".join(SAMPLER_NAMES)
+        + " (default: random batches)",
     )
     sp.add_argument("--miner", default=None, help="pair/triplet miner (metric learning)")
     sp.add_argument(
@@ -270,7 +296,7 @@ def register(add: AddCommand) -> None:
         default=1.0,
         help="weight of the feedback loss in each batch",
     )
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="seed of the splits, the head and batches")
     sp.add_argument("--json", action="store_true", help="print the final metrics as JSON")
 
     sp = add(

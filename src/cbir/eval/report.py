@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,32 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+_LABELS = (  # (key pattern, label): the names a reader can tell apart (issue 18)
+    (
+        re.compile(r"^recall@(\d+)$"),
+        "rank-{0} recall: queries with a relevant item in the top {0} ({1})",
+    ),
+    (
+        re.compile(r"^r@(\d+)$"),
+        "R@{0} of the PR curve: a query's relevant items in the top {0} ({1})",
+    ),
+    (re.compile(r"^p@(\d+)$"), "precision in the top {0} ({1})"),
+    (re.compile(r"^p@h(\d+)$"), "precision within Hamming radius {0} ({1})"),
+    (re.compile(r"^r@h(\d+)$"), "recall within Hamming radius {0} ({1})"),
+)
+
+
+def metric_label(key: str) -> str:
+    """A figure's name in tables: ``recall@K`` (metric learning's Recall@K, a hit in the
+    top K) and ``r@K`` (recall at K on the precision-recall curve) are told apart; the key
+    stays in brackets. Other keys are returned as they are."""
+    for pattern, label in _LABELS:
+        m = pattern.match(key)
+        if m:
+            return label.format(m.group(1), key)
+    return key
+
+
 def markdown(summary: dict[str, Any]) -> str:
     m = summary["metrics"]
     lines = [
@@ -57,7 +84,11 @@ def markdown(summary: dict[str, Any]) -> str:
         "| metric | value |",
         "|---|---|",
     ]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in m.items() if not isinstance(v, (dict, list, str))]
+    lines += [
+        f"| {metric_label(k)} | {_fmt(v)} |"
+        for k, v in m.items()
+        if not isinstance(v, (dict, list, str))
+    ]
     lines += [
         "",
         "![precision-recall](pr.png) ![precision@k](p_at_k.png)",
