@@ -287,7 +287,7 @@ def register(add: AddCommand) -> None:
     sp.add_argument(
         "--feedback",
         default=None,
-        metavar="INDEX_DIR",
+        metavar="INDEX",
         help="add the right/wrong judgements stored in this index as extra pairs (pair/triplet losses)",
     )
     sp.add_argument(
