@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from cbir.cli import main
+from cbir.index.check import check_index
 from cbir.index.collection import excluded
 from cbir.index.store import IndexStore
 from cbir.pipeline import index_folder
-from cbir.reliability.check import check_index
 from cbir.search.searcher import Searcher
 
 
