@@ -16,6 +16,7 @@ from cbir.index.store import IndexStore
 from cbir.service.app import create_app
 
 KEY = "serve-store-key-0123456789"
+TEST_HOSTS = ["testserver"]  # the Host that TestClient sends
 
 
 @pytest.fixture
@@ -60,14 +61,16 @@ def test_serve_from_milvus_equals_faiss(idx: Path, tmp_path: Path):
     spec = f"milvus:{tmp_path / 'm.db'}#serve"
     assert sync_store(str(idx), spec)["upserted"] == len(ids_of(idx))
     queries = ids_of(idx)[::5]
-    with TestClient(create_app(idx)) as plain:
+    with TestClient(create_app(idx, allowed_hosts=TEST_HOSTS)) as plain:
         want = answers(plain, queries, 7)
         want_cat = answers(plain, queries, 4, tag="cat")
-    with TestClient(create_app(idx, api_key=KEY, store=spec)) as c:
+    with TestClient(create_app(idx, api_key=KEY, store=spec, allowed_hosts=TEST_HOSTS)) as c:
         assert answers(c, queries, 7) == want
         assert answers(c, queries, 4, tag="cat") == want_cat
         # an upload search and an add go through Milvus too
-        src = Path(c.get(f"/search?id={queries[0]}&k=1").json()["results"][0]["path"])
+        store = IndexStore.open(idx)
+        src = Path(store.row(queries[0])["path"])  # the API gives it relative: the full one
+        store.close()
         img = Image.open(src).convert("RGB").transpose(Image.FLIP_TOP_BOTTOM)
         buf = io.BytesIO()
         img.save(buf, "PNG")
@@ -100,10 +103,12 @@ def test_serve_from_shards_equals_faiss(idx: Path, tmp_path: Path):
     finally:
         store.close()
     queries = ids_of(idx)[::4]
-    with TestClient(create_app(idx)) as plain:
+    with TestClient(create_app(idx, allowed_hosts=TEST_HOSTS)) as plain:
         want = answers(plain, queries, 9)
-    with TestClient(create_app(idx, store=f"shards:{tmp_path / 'shards'}")) as c:
+    with TestClient(
+        create_app(idx, store=f"shards:{tmp_path / 'shards'}", allowed_hosts=TEST_HOSTS)
+    ) as c:
         assert answers(c, queries, 9) == want
         assert answers(c, queries[:3], 3, tag="cat") == answers(
-            TestClient(create_app(idx)), queries[:3], 3, tag="cat"
+            TestClient(create_app(idx, allowed_hosts=TEST_HOSTS)), queries[:3], 3, tag="cat"
         )

@@ -72,7 +72,7 @@ def test_uploads_to_a_read_only_index_get_507_without_waiting_for_the_lock(small
             store.close()
         with pytest.raises(IndexWriteError):
             ops.add_image_bytes(ro, data, "x.jpg", wait_s=60)  # raised at once, not after 60 s
-        with TestClient(create_app(ro, api_key="k" * 20)) as c:
+        with TestClient(create_app(ro, api_key="k" * 20, allowed_hosts=["testserver"])) as c:
             r = c.post(
                 "/images", files={"file": ("x.jpg", data + b"\0")}, headers={"X-API-Key": "k" * 20}
             )

@@ -409,7 +409,7 @@ def test_service_search_where(art_index: tuple[Path, Path]) -> None:
         store.close()
     chelsea = next(i for i, n in names.items() if n == "chelsea.jpg")
     old = {"chelsea.jpg", "coins.jpg", "camera.jpg", "coffee.png"}
-    with TestClient(create_app(idx)) as c:
+    with TestClient(create_app(idx, allowed_hosts=["testserver"])) as c:
         r = c.get("/search", params={"id": chelsea, "k": 3, "where": "year < 1900"})
         assert r.status_code == 200, r.text
         body = r.json()

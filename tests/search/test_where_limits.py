@@ -85,7 +85,7 @@ def test_where_attacks_http_400(small_index: Path) -> None:
 
     from cbir.service.app import create_app
 
-    with TestClient(create_app(small_index)) as c:
+    with TestClient(create_app(small_index, allowed_hosts=["testserver"])) as c:
         for text, _msg in ATTACKS[:5]:
             r = c.get("/search", params={"id": 1, "k": 3, "where": text})
             assert r.status_code == 400, (text, r.status_code, r.text[:200])

@@ -22,6 +22,8 @@ from PIL import Image
 from cbir.pipeline import index_folder
 
 KEY = "test-key-0123456789abcdef"
+#: The host names the tests' in-process clients send (TestClient's "testserver").
+TEST_HOSTS = ["testserver"]
 
 
 @pytest.fixture(scope="session")
@@ -100,8 +102,8 @@ def live_server(app) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def serve_subprocess(index: Path, *extra: str) -> Iterator[str]:
-    """Run `cbir serve INDEX --port 0 ...` in a subprocess; yields its base URL."""
+def serve_process(index: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run `cbir serve INDEX --port 0 ...` in a subprocess; yields (base URL, process)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cbir.cli", "serve", str(index), "--port", "0", *extra],
@@ -114,7 +116,7 @@ def serve_subprocess(index: Path, *extra: str) -> Iterator[str]:
         line = proc.stdout.readline()
         assert line.startswith("cbir: serving "), line + proc.stderr.read()
         url = line.split(" on ", 1)[1].split()[0].rstrip("/")
-        yield url
+        yield url, proc
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -123,3 +125,10 @@ def serve_subprocess(index: Path, *extra: str) -> Iterator[str]:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, proc.stderr.read()
+
+
+@contextlib.contextmanager
+def serve_subprocess(index: Path, *extra: str) -> Iterator[str]:
+    """Run `cbir serve INDEX --port 0 ...` in a subprocess; yields its base URL."""
+    with serve_process(index, *extra) as (url, _):
+        yield url

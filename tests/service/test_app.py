@@ -14,7 +14,7 @@ from PIL import Image
 
 from cbir.index.store import IndexStore
 from cbir.service.app import create_app
-from tests.service.conftest import KEY, flipped, noise_png, photo, png_bomb
+from tests.service.conftest import KEY, TEST_HOSTS, flipped, noise_png, photo, png_bomb
 
 AUTH = {"X-API-Key": KEY}
 
@@ -22,7 +22,7 @@ AUTH = {"X-API-Key": KEY}
 @pytest.fixture(scope="module")
 def ro(base_index: Path):
     """A client on the shared index, with no API key (writes disabled)."""
-    app = create_app(base_index)
+    app = create_app(base_index, allowed_hosts=TEST_HOSTS)
     with TestClient(app) as c:
         yield c
 
@@ -30,7 +30,7 @@ def ro(base_index: Path):
 @pytest.fixture
 def rw(index_copy: Path):
     """A client on a private copy of the index, with the API key set."""
-    app = create_app(index_copy, api_key=KEY, max_upload_bytes=200_000)
+    app = create_app(index_copy, api_key=KEY, max_upload_bytes=200_000, allowed_hosts=TEST_HOSTS)
     with TestClient(app) as c:
         yield c
 
@@ -357,8 +357,8 @@ def test_add_search_and_delete_an_uploaded_image(rw, index_copy, photos_dir):
     )
     assert r.status_code == 201, r.text
     added = r.json()
-    assert added["created"] is True and added["path"].endswith(f"/uploads/{added['sha256']}.jpg")
-    assert Path(added["path"]).read_bytes() == data
+    assert added["created"] is True and added["path"] == f"uploads/{added['sha256']}.jpg"
+    assert (index_copy / added["path"]).read_bytes() == data
     assert rw.get("/health").json()["images"] == 14
     # the same bytes again: same id, tags replaced
     again = rw.post("/images", files=upload(data), data={"tags": "space"}, headers=AUTH)
@@ -376,7 +376,7 @@ def test_add_search_and_delete_an_uploaded_image(rw, index_copy, photos_dir):
 
     d = rw.delete(f"/images/{added['id']}", headers=AUTH)
     assert d.status_code == 200 and d.json() == {"deleted": [added["id"]]}
-    assert not Path(added["path"]).exists()  # the upload's file went with it
+    assert not (index_copy / added["path"]).exists()  # the upload's file went with it
     assert_error(rw.delete(f"/images/{added['id']}", headers=AUTH), 404, "unknown-id")
     assert_error(rw.get(f"/search?id={added['id']}"), 404, "unknown-id")
     ids = {
@@ -411,6 +411,7 @@ def test_feedback_is_stored_in_the_index(rw, index_copy, photos_dir):
     r = rw.post(
         "/feedback",
         json={"query": f"id:{names['horse']}", "result_id": names["chelsea"], "relevant": False},
+        headers=AUTH,
     )
     assert r.status_code == 201 and r.json()["query_saved"] is False
     res = rw.post(
@@ -419,7 +420,7 @@ def test_feedback_is_stored_in_the_index(rw, index_copy, photos_dir):
         data={"k": "2"},
     ).json()
     q, top = res["query"], res["results"][0]["id"]
-    r2 = rw.post("/feedback", json={"query": q, "result_id": top, "relevant": True})
+    r2 = rw.post("/feedback", json={"query": q, "result_id": top, "relevant": True}, headers=AUTH)
     assert r2.status_code == 201 and r2.json()["query_saved"] is True
     assert r2.json()["id"] == r.json()["id"] + 1
     saved = index_copy / "queries" / f"{q[7:]}.jpg"
@@ -444,7 +445,7 @@ def test_feedback_is_stored_in_the_index(rw, index_copy, photos_dir):
     ],
 )
 def test_feedback_refusals(rw, index_copy, body, status):
-    assert_error(rw.post("/feedback", json=body), status)
+    assert_error(rw.post("/feedback", json=body, headers=AUTH), status)
     store = IndexStore.open(index_copy)
     assert store.feedback() == []
     store.close()
@@ -452,13 +453,17 @@ def test_feedback_refusals(rw, index_copy, body, status):
 
 def test_feedback_not_json_is_refused(rw):
     assert_error(
-        rw.post("/feedback", content=b"{not json", headers={"Content-Type": "application/json"}),
+        rw.post(
+            "/feedback",
+            content=b"{not json",
+            headers={"Content-Type": "application/json", **AUTH},
+        ),
         422,
     )
 
 
-def test_feedback_can_require_the_key(index_copy):
-    with TestClient(create_app(index_copy, api_key=KEY, feedback_needs_key=True)) as c:
+def test_feedback_needs_the_key(index_copy):
+    with TestClient(create_app(index_copy, api_key=KEY, allowed_hosts=TEST_HOSTS)) as c:
         body = {"query": "id:1", "result_id": 2, "relevant": True}
         assert_error(c.post("/feedback", json=body), 401, "no-key")
         assert c.post("/feedback", json=body, headers=AUTH).status_code == 201

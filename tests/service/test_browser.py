@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cbir.index.store import IndexStore
-from tests.service.conftest import flipped, noise_png, photo, serve_subprocess
+from tests.service.conftest import KEY, flipped, noise_png, photo, serve_subprocess
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -72,9 +72,13 @@ def test_search_click_feedback_tag_and_no_match_in_a_browser(
     def query() -> str:
         return browser.find_element(By.ID, "results").get_attribute("data-query") or ""
 
-    with serve_subprocess(index_copy) as url:
+    key = tmp_path / "key"
+    key.write_text(KEY)
+    key.chmod(0o600)
+    with serve_subprocess(index_copy, "--api-key-file", str(key)) as url:
         browser.get(url + "/")
         wait.until(lambda d: "13 images" in d.find_element(By.ID, "info").text)
+        browser.find_element(By.ID, "key").send_keys(KEY)  # feedback is a write: it needs the key
 
         # upload an image: its results appear, the photo itself first
         browser.find_element(By.ID, "file").send_keys(str(photo(photos_dir, "horse")))

@@ -18,7 +18,7 @@ from cbir_testing.loadgen import (
     upload_request,
     wrk_available,
 )
-from tests.service.conftest import flipped, photo
+from tests.service.conftest import TEST_HOSTS, flipped, photo
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def test_fast_path_takes_only_plain_queries(qs, want):
 
 
 def test_fast_path_answers_what_the_route_answers(base_index: Path):
-    with TestClient(create_app(base_index)) as c:
+    with TestClient(create_app(base_index, allowed_hosts=TEST_HOSTS)) as c:
         for id_ in (1, 5, 13):
             fast = c.get(f"/search?id={id_}&k=5")
             full = c.get(f"/search?id={id_}&k=5&tag=")  # a tag: through FastAPI

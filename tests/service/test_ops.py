@@ -13,7 +13,7 @@ from cbir.errors import CbirError, ImageError
 from cbir.index.store import IndexStore
 from cbir.search.searcher import Searcher
 from cbir.service.app import create_app
-from tests.service.conftest import KEY, flipped, photo
+from tests.service.conftest import KEY, TEST_HOSTS, flipped, photo
 
 
 def test_normalize_tags():
@@ -78,7 +78,9 @@ def test_a_busy_index_is_refused_after_waiting(index_copy, photos_dir):
     try:
         with pytest.raises(ops.IndexBusyError, match="another writer"):
             ops.delete_ids(index_copy, [1], wait_s=0.2)
-        with TestClient(create_app(index_copy, api_key=KEY, write_wait_s=0.2)) as c:
+        with TestClient(
+            create_app(index_copy, api_key=KEY, write_wait_s=0.2, allowed_hosts=TEST_HOSTS)
+        ) as c:
             r = c.post(
                 "/images",
                 files={"file": ("x.jpg", flipped(photo(photos_dir, "coins"), "JPEG"))},

@@ -49,6 +49,8 @@ CFG = dict(
 )
 PER_CLASS, UPLOADS = 40, 30
 K = 10
+#: The service key the feedback posts send (feedback is a write).
+FEEDBACK_KEY = "feedback-test-key-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +120,9 @@ def test_feedback_through_the_service_fixes_marked_wrong_top_results(data, image
     index = env / "index"
     index_folder(root, index, model=run, progress=False)
 
-    with TestClient(create_app(index)) as client:
+    with TestClient(
+        create_app(index, api_key=FEEDBACK_KEY, allowed_hosts=["testserver"])
+    ) as client:
         store = IndexStore.open(index)
         rows = {r["id"]: cls(r["path"], label) for r in store.rows()}
         store.close()
@@ -140,7 +144,9 @@ def test_feedback_through_the_service_fixes_marked_wrong_top_results(data, image
             query = q if isinstance(q, str) else f"id:{q}"
             for rid, relevant in ((wrong, False), (right, True)):
                 r = client.post(
-                    "/feedback", json={"query": query, "result_id": rid, "relevant": relevant}
+                    "/feedback",
+                    json={"query": query, "result_id": rid, "relevant": relevant},
+                    headers={"X-API-Key": FEEDBACK_KEY},
                 )
                 assert r.status_code == 201, r.text
                 assert r.json()["query_saved"] is query.startswith("sha256:")

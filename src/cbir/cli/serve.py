@@ -17,15 +17,23 @@ from cbir.errors import CbirError
 
 
 def read_api_key(path: str) -> str:
-    """The API key in ``path`` (first line, stripped); CbirError if missing or empty."""
+    """The API key in ``path``: its first line, without a UTF-8 byte order mark (as some
+    editors write) and surrounding white space; CbirError if missing, short or not ASCII
+    (an HTTP header carries ASCII: another key could never be sent)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise CbirError(
-            f"{path}: cannot read the API key file ({getattr(e, 'strerror', None) or e})"
-        ) from None
+        reason = getattr(e, "strerror", None) or (
+            "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else e
+        )
+        raise CbirError(f"{path}: cannot read the API key file ({reason})") from None
     key = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not (key.isascii() and key.isprintable()):
+        raise CbirError(
+            f"{path}: the API key must be printable ASCII (an HTTP header cannot carry"
+            f" other characters); e.g. `openssl rand -hex 24 > {path}`"
+        )
     if len(key) < 16:
         raise CbirError(
             f"{path}: the API key must be at least 16 characters (e.g. `openssl rand -hex 24 > {path}`)"
@@ -70,6 +78,7 @@ WORKER_ENV = "CBIR_SERVE_WORKER"
 
 def _app_from(settings: dict[str, Any]) -> Any:
     from cbir.service.app import create_app
+    from cbir.service.guard import AllowedHosts
 
     key = read_api_key(settings["api_key_file"]) if settings["api_key_file"] else None
     app = create_app(
@@ -78,6 +87,8 @@ def _app_from(settings: dict[str, Any]) -> Any:
         max_upload_bytes=settings["max_upload_bytes"],
         store=settings["store"],
         embed_threads=settings["embed_threads"],
+        allowed_hosts=AllowedHosts.for_bind(settings["host"], settings["allow_hosts"]),
+        max_query_bytes=settings["max_query_bytes"],
     )
     _ = app.state.service.backbone  # load the model now, not on the first upload
     return app
@@ -100,12 +111,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CbirError("--workers must be at least 1")
     if args.embed_threads is not None and args.embed_threads < 1:
         raise CbirError("--embed-threads must be at least 1")
+    if args.max_query_mb < 0:
+        raise CbirError("--max-query-mb must be 0 or more")
+    from cbir.service.guard import valid_host
+
+    for name in args.allow_host:
+        if not valid_host(name):
+            raise CbirError(f"--allow-host {name!r}: give a host name or address, without a port")
     settings = {
         "index_dir": os.path.abspath(args.index_dir),
         "api_key_file": os.path.abspath(args.api_key_file) if args.api_key_file else None,
         "max_upload_bytes": int(args.max_upload_mb * 1024 * 1024),
         "store": args.store,
         "embed_threads": args.embed_threads,
+        "host": args.host,
+        "allow_hosts": list(args.allow_host),
+        "max_query_bytes": int(args.max_query_mb * 1024 * 1024),
     }
     # one app here even with workers: a bad index, key or store fails now, in one line
     app = _app_from(settings)
@@ -167,10 +188,25 @@ def register(add: AddCommand) -> None:
         "--api-key-file",
         default=None,
         metavar="FILE",
-        help="file holding the key that adding and deleting images need (without it, read-only)",
+        help="file holding the key that writes need: adding, deleting, feedback (without it, read-only)",
     )
     sp.add_argument(
         "--max-upload-mb", type=float, default=20.0, help="largest image upload (default 20 MB)"
+    )
+    sp.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host header names NAME (repeatable; by default only"
+        " the --host address, and localhost for a loopback one: against DNS rebinding)",
+    )
+    sp.add_argument(
+        "--max-query-mb",
+        type=float,
+        default=512.0,
+        help="most MB of uploaded query images kept under INDEX/queries/ for training when"
+        " feedback names them (default 512; then feedback is refused, 507)",
     )
     sp.add_argument(
         "--log-level",

@@ -48,6 +48,18 @@ SNIFF_BYTES = 32
 MAX_PIXELS = int(os.environ.get("CBIR_MAX_PIXELS", 64_000_000))
 #: Largest accepted file, in bytes.
 MAX_BYTES = int(os.environ.get("CBIR_MAX_BYTES", 256 * 1024 * 1024))
+#: Pixels converted at a time by a reducing decode (:func:`decode` with ``reduce_to``).
+BAND_PIXELS = 1 << 20
+#: EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -129,7 +141,37 @@ def _displayed_size(img: Image.Image) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
-def decode(data: bytes, path: str = "<bytes>", draft_size: int | None = None) -> Image.Image:
+def _rgb(img: Image.Image) -> Image.Image:
+    """``img`` as RGB, transparent pixels on white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        return bg
+    return img.convert("RGB")
+
+
+def _reduced_rgb(img: Image.Image, factor: int) -> Image.Image:
+    """``img`` as RGB, shrunk ``factor`` times by box averaging (``Image.reduce``), one band
+    of rows at a time: no full-size RGBA or RGB copy is ever made, so the memory is the
+    decoded image (one byte a pixel for 1-bit, grey or palette images) and one band."""
+    w, h = img.size
+    rows = factor * max(1, BAND_PIXELS // (w * factor))  # a multiple of factor
+    out = Image.new("RGB", (-(-w // factor), -(-h // factor)))
+    for y in range(0, h, rows):
+        band = _rgb(img.crop((0, y, w, min(h, y + rows))))
+        out.paste(band.reduce(factor), (0, y // factor))
+    return out
+
+
+def decode(
+    data: bytes,
+    path: str = "<bytes>",
+    draft_size: int | None = None,
+    reduce_to: int | None = None,
+) -> Image.Image:
     """Decode image bytes into an upright RGB PIL image, or raise :class:`ImageError`.
 
     The EXIF orientation is applied (after a JPEG's reduced-scale decode, so it stays
@@ -140,6 +182,11 @@ def decode(data: bytes, path: str = "<bytes>", draft_size: int | None = None) ->
         path: the name to report in errors.
         draft_size: if given, JPEGs are decoded at the smallest DCT scale that is still at
             least this many pixels on each side (much faster for large photos).
+        reduce_to: if given, an image whose shorter side is over 3x this is shrunk by an
+            integer factor, keeping the shorter side at least 3x this (what a resize with
+            ``reducing_gap=3`` does first), band by band as it is converted to RGB: a
+            small PNG that claims 8000x8000 pixels then costs its decoded bytes only, not
+            full-size RGBA and RGB copies (issue 16).
     """
     if not data:
         raise ImageError(path, "empty", "zero-byte file")
@@ -180,15 +227,18 @@ def decode(data: bytes, path: str = "<bytes>", draft_size: int | None = None) ->
             if draft_size and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
-            img = ImageOps.exif_transpose(img) or img
-            if img.mode != "RGB":
-                if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-                    rgba = img.convert("RGBA")
-                    bg = Image.new("RGB", rgba.size, (255, 255, 255))
-                    bg.paste(rgba, mask=rgba.getchannel("A"))
-                    img = bg
-                else:
-                    img = img.convert("RGB")
+            factor = min(img.size) // (3 * reduce_to) if reduce_to else 0
+            if factor > 1:
+                try:
+                    orientation = img.getexif().get(0x0112)
+                except Exception:  # damaged EXIF: exif_transpose ignores it too
+                    orientation = None
+                img = _reduced_rgb(img, factor)
+                if orientation in _UPRIGHT:
+                    img = img.transpose(_UPRIGHT[orientation])
+            else:
+                img = ImageOps.exif_transpose(img) or img
+                img = _rgb(img)
             img.info["orig_size"] = orig_size
             return img
     except ImageError:

@@ -3,7 +3,7 @@
 :func:`create_app` wires the parts: :class:`~cbir.service.service.Service` (searcher,
 embedding, writes), :func:`~cbir.service.routes.add_routes`, the error handlers below and
 :class:`~cbir.service.guard.Guard` (API key, body limits, metrics, headers) in front.
-Writes (add, delete) need the API key (compared in constant time by the Guard), are
+Writes (add, delete, feedback) need the API key (compared in constant time by the Guard), are
 serialised in this process, and go through :mod:`cbir.ops`. Every error is JSON:
 ``{"error": ..., "status": ..., "reason": ...}`` (:mod:`cbir.service.schemas`).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,16 +22,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cbir import ops
 from cbir.errors import CbirError, ImageError, IndexWriteError
-from cbir.service.guard import ApiKey, Guard
+from cbir.service.guard import LOOPBACK_HOSTS, AllowedHosts, ApiKey, Guard
 from cbir.service.routes import add_routes
 from cbir.service.schemas import ERRORS, ApiError, error_response, validation_message
 from cbir.service.service import Service
 
-__all__ = ["DEFAULT_MAX_UPLOAD", "create_app"]
+__all__ = ["DEFAULT_MAX_UPLOAD", "DEFAULT_QUERY_BYTES", "create_app"]
 
 log = logging.getLogger("cbir.service")
 
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
+DEFAULT_FEEDBACK_PER_QUERY = 1000
+DEFAULT_QUERY_BYTES = 512 * 1024 * 1024
 #: Status code per :class:`ImageError` reason (anything else is 400).
 IMAGE_ERROR_STATUS = {"not-an-image": 415, "unsupported-format": 415, "too-large": 413, "bomb": 413}
 
@@ -43,20 +45,29 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
     max_k: int = 100,
     thumb_size: int = 192,
-    feedback_needs_key: bool = False,
     write_wait_s: float = 30.0,
     store: str | None = None,
     embed_threads: int | None = None,
+    allowed_hosts: Sequence[str] | AllowedHosts = LOOPBACK_HOSTS,
+    max_feedback_per_query: int = DEFAULT_FEEDBACK_PER_QUERY,
+    max_query_bytes: int = DEFAULT_QUERY_BYTES,
+    decode_slots: int | None = None,
 ) -> FastAPI:
     """The service for ``index_dir``.
 
     Args:
-        api_key: the key that POST /images and DELETE /images/{id} need (None: writes refused).
+        api_key: the key that writes need: POST /images, DELETE /images/{id} and
+            POST /feedback (None: writes refused, 403).
         max_upload_bytes: largest accepted image upload.
         max_k: largest ``k`` a search may ask for.
         thumb_size: longest side of thumbnails, in pixels.
-        feedback_needs_key: also require the key for POST /feedback.
         write_wait_s: how long a write waits for another writer (then 503).
+        allowed_hosts: the ``Host`` header names answered (others: 400); the loopback
+            names by default (``cbir serve`` passes ``AllowedHosts.for_bind``).
+        max_feedback_per_query: judgements stored per query (then 429).
+        max_query_bytes: bytes of query uploads kept under ``INDEX/queries/`` for
+            training (then 507).
+        decode_slots: uploads decoded at once (None: :data:`DEFAULT_DECODE_SLOTS`).
         store: answer searches from ``milvus:URI[#collection]`` or ``shards:DIR`` (kept in
             step after each add and delete) instead of the index's faiss file.
         embed_threads: onnxruntime threads per upload (None: the backbone's default, all
@@ -70,8 +81,14 @@ def create_app(
         write_wait_s=write_wait_s,
         store=store,
         embed_threads=embed_threads,
+        max_feedback_per_query=max_feedback_per_query,
+        max_query_bytes=max_query_bytes,
+        decode_slots=decode_slots,
     )
-    key = ApiKey(api_key, feedback_needs_key)
+    key = ApiKey(api_key)
+    hosts = (
+        allowed_hosts if isinstance(allowed_hosts, AllowedHosts) else AllowedHosts(allowed_hosts)
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -86,7 +103,7 @@ def create_app(
         responses=ERRORS,
     )
     app.state.service = svc
-    app.add_middleware(Guard, service=svc, routes=lambda: app.router.routes, key=key)
+    app.add_middleware(Guard, service=svc, routes=lambda: app.router.routes, key=key, hosts=hosts)
     add_error_handlers(app)
     add_routes(app, svc, writes_enabled=key.enabled)
     return app

@@ -1,7 +1,10 @@
-"""The outermost layer of the service: the API key, body size limits, metrics, headers.
+"""The outermost layer of the service: the Host header, the API key, body size limits,
+metrics, headers.
 
-Every request passes :class:`Guard` before FastAPI sees it, and the API key is checked
-there and nowhere else (:class:`ApiKey`): writes to ``/images`` and, when configured,
+Every request passes :class:`Guard` before FastAPI sees it. A ``Host`` the server was not
+told to answer to is refused first (:class:`AllowedHosts`: a page of another site that
+rebinds its DNS name to this server cannot read results or reach the writes). The API
+key is checked there and nowhere else (:class:`ApiKey`): writes to ``/images`` and
 ``POST /feedback`` are refused before their body is read. It also answers a plain
 ``GET /search?id=N&k=K`` itself (:meth:`Guard._fast_search`).
 """
@@ -10,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import HTTPException
@@ -30,6 +35,8 @@ CSP = (
     " connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 WRITE_METHODS = ("POST", "DELETE", "PUT", "PATCH")
+#: The names a loopback server answers to (``cbir serve`` on 127.0.0.1, ::1 or localhost).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 def _digest(key: str) -> bytes:
@@ -48,17 +55,93 @@ def route_path(scope: Scope) -> str:
     return path
 
 
+def host_name(header: str) -> str | None:
+    """The host name of a ``Host`` header value, lower-case, without port or IPv6
+    brackets (``[::1]:8000`` -> ``::1``); None when it is malformed."""
+    h = header.strip().lower()
+    if h.startswith("["):
+        end = h.find("]")
+        if end < 0 or (h[end + 1 :] and not h[end + 1 :].startswith(":")):
+            return None
+        name, port = h[1:end], h[end + 2 :]
+    else:
+        name, _, port = h.partition(":")
+    if not name or (port and not port.isdigit()):
+        return None
+    return name
+
+
+def valid_host(name: str) -> bool:
+    """Whether ``name`` is a host name or address without a port (``--allow-host``)."""
+    n = name.strip()
+    return n == "*" or _is_ip(n.strip("[]")) or (host_name(n) == n.lower() and "/" not in n)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class AllowedHosts:
+    """The ``Host`` header values a server answers to (against DNS rebinding).
+
+    Args:
+        names: host names or addresses (``*`` accepts any Host: only behind a proxy that
+            checks it).
+        any_ip: also accept any IP address literal (a server bound to every interface:
+            rebinding needs a DNS name, and an address names the server itself).
+    """
+
+    def __init__(self, names: Iterable[str], any_ip: bool = False) -> None:
+        self.names = frozenset(n.strip().strip("[]").lower() for n in names if n.strip())
+        self.any = "*" in self.names
+        self.any_ip = any_ip
+
+    @classmethod
+    def for_bind(cls, host: str, extra: Iterable[str] = ()) -> AllowedHosts:
+        """The names a server listening on ``host`` answers to: ``host`` itself, the
+        loopback names for a loopback address, any address for ``0.0.0.0`` / ``::``; plus
+        ``extra`` (``--allow-host``)."""
+        h = host.strip().strip("[]").lower()
+        names = {h, *extra}
+        wildcard = h in ("", "0.0.0.0", "::")
+        if h == "localhost" or (_is_ip(h) and ipaddress.ip_address(h).is_loopback):
+            names |= set(LOOPBACK_HOSTS)
+        if wildcard:
+            names |= set(LOOPBACK_HOSTS)
+        return cls(names, any_ip=wildcard)
+
+    def allowed(self, header: str | None) -> bool:
+        """Whether a request with this ``Host`` header value is answered."""
+        if self.any:
+            return True
+        name = host_name(header or "")
+        if name is None:
+            return False
+        return name in self.names or (self.any_ip and _is_ip(name))
+
+    def refusal(self, header: str | None) -> ApiError:
+        shown = (header or "")[:100].encode("ascii", "backslashreplace").decode()
+        return ApiError(
+            400,
+            f"Host {shown!r} is not one this server answers to; start `cbir serve` with"
+            f" --allow-host NAME to serve NAME",
+            "bad-host",
+        )
+
+
 class ApiKey:
     """Which requests need the API key, and the constant-time comparison with it.
 
     Args:
         key: the configured key (None: every request that needs one is refused, 403).
-        feedback_needs_key: ``POST /feedback`` needs it too.
     """
 
-    def __init__(self, key: str | None, feedback_needs_key: bool = False) -> None:
+    def __init__(self, key: str | None) -> None:
         self._digest = _digest(key) if key else None
-        self.feedback_needs_key = feedback_needs_key
 
     @property
     def enabled(self) -> bool:
@@ -67,10 +150,10 @@ class ApiKey:
 
     def needed(self, method: str, path: str) -> bool:
         """Whether ``method path`` needs the key: any write to ``/images`` or below it, and
-        ``POST /feedback`` when so configured."""
-        if method in WRITE_METHODS and (path == "/images" or path.startswith("/images/")):
-            return True
-        return self.feedback_needs_key and method == "POST" and path == "/feedback"
+        any write to ``/feedback`` (it adds rows and saves query images)."""
+        if method not in WRITE_METHODS:
+            return False
+        return path in ("/images", "/feedback") or path.startswith("/images/")
 
     def check(self, given: str | None) -> None:
         """Refuse (403 without a configured key, 401 for a missing or wrong one)."""
@@ -109,21 +192,33 @@ def fast_search_query(qs: bytes, max_k: int) -> tuple[int, int] | None:
     return out[b"id"], k
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower-case) of a request, or None."""
+    for k, v in scope["headers"]:
+        if k == name:
+            return str(v.decode("latin-1"))
+    return None
+
+
 class Guard:
-    """Outermost layer: body size limit, the key check, metrics, headers.
+    """Outermost layer: the Host check, body size limit, the key check, metrics, headers.
 
     Args:
         app: the FastAPI app it wraps.
         service: the :class:`Service` (upload limit, metrics, the fast search path).
         routes: returns the app's routes (to name the route of a request in the metrics).
         key: the API key policy; the only place the key is checked.
+        hosts: the Host header values answered (others: 400).
     """
 
-    def __init__(self, app: ASGIApp, service: Service, routes: Any, key: ApiKey) -> None:
+    def __init__(
+        self, app: ASGIApp, service: Service, routes: Any, key: ApiKey, hosts: AllowedHosts
+    ) -> None:
         self.app = app
         self.service = service
         self.routes = routes
         self.key = key
+        self.hosts = hosts
         self.max_body = service.max_upload_bytes + FORM_OVERHEAD
 
     def _route(self, scope: Scope) -> str:
@@ -171,6 +266,10 @@ class Guard:
 
         route: str | None = None
         try:
+            if not self.hosts.allowed(_header(scope, b"host")):
+                e = self.hosts.refusal(_header(scope, b"host"))
+                await error_response(e.status, e.message, e.reason)(scope, receive, send_wrapper)
+                return
             if path == "/search" and scope["method"] == "GET":
                 q = fast_search_query(scope.get("query_string", b""), self.service.max_k)
                 if q is not None and await self._fast_search(q, send_wrapper):

@@ -9,22 +9,24 @@ OpenAPI document shows which endpoints need it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from fastapi import FastAPI, File, Form, Query, Request, Security, UploadFile
-from fastapi.responses import FileResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from cbir import ops
-from cbir.data.images import sniff_file
 from cbir.service.schemas import (
     MAX_ID,
     WHERE_HELP,
     AddedOut,
     ApiError,
     DeletedOut,
+    ErrorOut,
     FeedbackIn,
     FeedbackOut,
     HealthOut,
@@ -34,6 +36,7 @@ from cbir.service.schemas import (
 )
 from cbir.service.service import Service
 
+T = TypeVar("T")
 STATIC_DIR = Path(__file__).parent / "static"
 MEDIA_TYPES = {
     "JPEG": "image/jpeg",
@@ -45,6 +48,15 @@ MEDIA_TYPES = {
 }
 #: Documents the key header in OpenAPI; reading it checks nothing (the Guard does).
 KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed by writes")
+
+
+def one_of(name: str, form: T | None, url: T | None) -> T | None:
+    """A search option given in the form or in the URL (422 when both, differently)."""
+    if form is not None and url is not None and form != url:
+        raise ApiError(
+            422, f"{name} is given twice, differently, in the URL and the form", "invalid"
+        )
+    return form if form is not None else url
 
 
 def add_routes(app: FastAPI, svc: Service, writes_enabled: bool) -> None:
@@ -66,17 +78,29 @@ def add_routes(app: FastAPI, svc: Service, writes_enabled: bool) -> None:
         file: UploadFile = File(
             ..., description="the query image (JPEG, PNG, GIF, WebP, BMP, TIFF)"
         ),
-        k: int = Form(10, description=f"number of results (1..{max_k})"),
+        k: int | None = Form(None, description=f"number of results (1..{max_k}; default 10)"),
         tag: str | None = Form(
             None, max_length=ops.MAX_TAG_LEN, description="only images with this tag"
         ),
         where: str | None = Form(None, max_length=2000, description=WHERE_HELP),
+        k_url: int | None = Query(None, alias="k", description="k in the URL instead"),
+        tag_url: str | None = Query(
+            None, alias="tag", max_length=ops.MAX_TAG_LEN, description="tag in the URL instead"
+        ),
+        where_url: str | None = Query(
+            None, alias="where", max_length=2000, description="where in the URL instead"
+        ),
     ) -> Response:
+        k = one_of("k", k, k_url)
+        tag = one_of("tag", tag, tag_url)
+        where = one_of("where", where, where_url)
         data = svc.read_upload(file)
         feats = svc.embed(data, file.filename or "upload")
         sha = hashlib.sha256(data).hexdigest()
         svc.recent_queries.put(sha, data)
-        return json_response(svc.search_out(f"sha256:{sha}", feats, k, tag, where))
+        return json_response(
+            svc.search_out(f"sha256:{sha}", feats, 10 if k is None else k, tag, where)
+        )
 
     @app.get("/search", response_model=SearchOut, summary="Search by an indexed image's id")
     async def search_id(
@@ -96,17 +120,25 @@ def add_routes(app: FastAPI, svc: Service, writes_enabled: bool) -> None:
         "/images/{id}",
         summary="An indexed image, by id",
         response_class=FileResponse,
-        responses={200: {"content": {"image/*": {}}}},
+        responses={200: {"content": {"image/*": {}}}, 409: {"model": ErrorOut}},
     )
-    def image(id: ImageId) -> FileResponse:
+    def image(id: ImageId) -> StreamingResponse:
         row = svc.row_or_404(id)
-        fmt = sniff_file(row["path"])
-        if fmt is None:
-            raise ApiError(404, f"image {id} cannot be read any more", "file-unreadable")
-        return FileResponse(
-            row["path"],
+        f, st = svc.open_image(row)  # 404 gone, 409 changed since indexing
+        try:
+            fmt = svc.image_format(f, id)
+        except BaseException:
+            f.close()
+            raise
+
+        def chunks() -> Iterator[bytes]:
+            with f:
+                yield from iter(lambda: f.read(1 << 16), b"")
+
+        return StreamingResponse(
+            chunks(),
             media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"),
-            headers={"Cache-Control": "private, max-age=60"},
+            headers={"Cache-Control": "private, max-age=60", "Content-Length": str(st.st_size)},
         )
 
     @app.get(
@@ -141,7 +173,7 @@ def add_routes(app: FastAPI, svc: Service, writes_enabled: bool) -> None:
             response.status_code = 200
         return AddedOut(
             id=added.id,
-            path=added.path,
+            path=svc.public_path(added.path),
             sha256=added.sha256,
             created=added.created,
             thumb=f"/thumbs/{added.id}",
@@ -161,7 +193,8 @@ def add_routes(app: FastAPI, svc: Service, writes_enabled: bool) -> None:
         "/feedback",
         response_model=FeedbackOut,
         status_code=201,
-        summary="Mark a result of a query relevant or not (stored in the index)",
+        summary="Mark a result of a query relevant or not (stored in the index; needs the key)",
+        dependencies=[Security(KEY_HEADER)],
     )
     def feedback(fb: FeedbackIn) -> FeedbackOut:
         return svc.add_feedback(fb)

@@ -21,7 +21,7 @@ class HitOut(BaseModel):
 
     rank: int
     id: int
-    path: str
+    path: str = Field(description="relative to the indexed folder (uploads: to the index)")
     score: float
     distance: float | None = None
     tags: list[str]
@@ -93,7 +93,7 @@ class ErrorOut(BaseModel):
 ImageId = Annotated[int, PathParam(ge=0, le=MAX_ID, description="id of an indexed image")]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    c: {"model": ErrorOut} for c in (400, 401, 403, 404, 409, 413, 415, 422, 503, 507)
+    c: {"model": ErrorOut} for c in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503, 507)
 }
 
 

@@ -5,25 +5,34 @@ Reads (search, images, thumbnails) share one :class:`Searcher`, which picks up e
 commit; a search whose index generation changed while it ran is retried, so a response
 reflects the index before an add/delete or after it, never half. Writes are serialised in
 this process (the API key they need is checked by :mod:`cbir.service.guard`).
+
+What the service gives out is bounded: uploads are decoded a few at a time and straight to
+a small image; an image file is served only while it is the file that was indexed
+(:meth:`Service.open_image`); paths are given relative to the indexed folder
+(:meth:`Service.public_path`); feedback rows per query and saved query bytes have caps.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 from fastapi import UploadFile
 from PIL import Image
 
 from cbir import ops
-from cbir.data.images import decode, read_bytes, sniff
+from cbir.data.images import MAX_BYTES, SNIFF_BYTES, decode, sniff
 from cbir.errors import CbirError, ImageError
+from cbir.index import collection
 from cbir.search.searcher import Hit, Searcher, read_consistently
 from cbir.service.metrics import Metrics
 from cbir.service.schemas import ApiError, FeedbackIn, FeedbackOut, HitOut, SearchOut
@@ -33,6 +42,9 @@ T = TypeVar("T")
 
 #: Brute-force searches over at most this many floats (index size x dimension) run inline.
 INLINE_WORK = 1 << 24
+#: Uploads decoded at once, by default: each holds its decoded image (up to 4 bytes a
+#: pixel of data.images.MAX_PIXELS) while it lasts.
+DEFAULT_DECODE_SLOTS = max(1, min(4, os.cpu_count() or 1))
 
 
 def open_searcher(index_dir: str | os.PathLike[str], store: str | None = None) -> Searcher:
@@ -57,6 +69,13 @@ def one_omp_thread() -> None:
 
     if faiss.omp_get_max_threads() != 1:
         faiss.omp_set_num_threads(1)
+
+
+def _sha256(f: BinaryIO) -> str:
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+    return h.hexdigest()
 
 
 class _LRU:
@@ -101,8 +120,22 @@ class Service:
         write_wait_s: float = 30.0,
         store: str | None = None,
         embed_threads: int | None = None,
+        max_feedback_per_query: int = 1000,
+        max_query_bytes: int = 512 * 1024 * 1024,
+        decode_slots: int | None = None,
     ) -> None:
         self.index_dir = Path(index_dir)
+        self.max_feedback_per_query = max_feedback_per_query
+        self.max_query_bytes = max_query_bytes
+        #: Uploads and thumbnails are decoded on these few threads only: a few decoded
+        #: images in memory at once, whatever arrives, and the memory the C allocator keeps
+        #: per thread after a large image is freed is kept by these threads only.
+        self.decoder = ThreadPoolExecutor(
+            decode_slots or DEFAULT_DECODE_SLOTS, thread_name_prefix="cbir-decode"
+        )
+        #: (path, size, mtime_ns, sha256) of files whose content was checked after a change
+        self._verified = _LRU(1 << 20)
+        self._roots: tuple[int, list[str]] | None = None
         self.store_spec = store
         self.searcher = open_searcher(index_dir, store)
         self.store = self.searcher.store
@@ -140,8 +173,12 @@ class Service:
     def embed(self, data: bytes, name: str) -> np.ndarray:
         """Backbone features (1, dim) of an uploaded image; ImageError if it is not one."""
         bb = self.backbone
-        img = decode(data, name, draft_size=bb.preprocess.size)
-        return bb.run(bb.preprocess(img)[None])[0]
+        size = bb.preprocess.size
+
+        def pixels() -> np.ndarray:
+            return bb.preprocess(decode(data, name, draft_size=size, reduce_to=size))[None]
+
+        return bb.run(self.decoder.submit(pixels).result())[0]
 
     def after_write(self) -> None:
         """Bring ``--store`` (Milvus collection, shard files) in step, then reload."""
@@ -249,11 +286,12 @@ class Service:
         parsed = self.searcher.where(where)  # a bad filter: CbirError -> 400 saying what is allowed
         pairs, gen = self.search(features, k, tag, parsed)
         thr = self.threshold()
+        roots = self.roots()
         results = [
             HitOut(
                 rank=i + 1,
                 id=h.id,
-                path=h.path,
+                path=self.public_path(h.path, roots),
                 score=h.score,
                 distance=h.distance,
                 tags=[t for t in r["tags"].split(",") if t],
@@ -290,48 +328,152 @@ class Service:
             raise ApiError(404, f"no image with id {id_}", "unknown-id")
         return row
 
+    def roots(self) -> list[str]:
+        """The folders the index was built from (longest first), then the index itself;
+        read once per generation."""
+        gen = self.store.generation
+        if self._roots is None or self._roots[0] != gen:
+            recorded = sorted(collection.roots(self.store), key=len, reverse=True)
+            self._roots = (gen, [*recorded, str(self.index_dir.absolute())])
+        return self._roots[1]
+
+    def public_path(self, path: str, roots: list[str] | None = None) -> str:
+        """``path`` as the API shows it: relative to the indexed folder that holds it (an
+        upload: relative to the index, ``uploads/NAME``); the file name when no known
+        folder holds it. The server's absolute paths are never given out."""
+        for root in self.roots() if roots is None else roots:
+            prefix = root.rstrip(os.sep) + os.sep
+            if path.startswith(prefix):
+                return path[len(prefix) :]
+        return os.path.basename(path)
+
+    def open_image(self, row: Any) -> tuple[BinaryIO, os.stat_result]:
+        """The open file of ``row`` and its stat, if it is still the file that was indexed.
+
+        Its size and mtime must be the row's, or else its sha256 (a file touched, or copied
+        back, is still served). 404 when the file is gone or unreadable, 409 when it
+        changed since it was indexed (another file, or a symlink swapped to one). The
+        answer is read from this open file, so a swap after the check changes nothing.
+        """
+        id_, path = row["id"], row["path"]
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise ApiError(404, f"image {id_}: its file is gone", "file-unreadable") from None
+        except OSError as e:
+            raise ApiError(
+                404, f"image {id_} cannot be read any more ({e.strerror})", "file-unreadable"
+            ) from None
+        f = os.fdopen(fd, "rb")
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ApiError(
+                    404, f"image {id_} is not a regular file any more", "file-unreadable"
+                )
+            if (st.st_size, st.st_mtime_ns) != (row["size"], row["mtime_ns"]):
+                key = (path, st.st_size, st.st_mtime_ns, row["sha256"])
+                if self._verified.get(key) is None:
+                    if st.st_size > MAX_BYTES or _sha256(f) != row["sha256"]:
+                        raise ApiError(
+                            409,
+                            f"image {id_} changed since it was indexed; run `cbir index` on"
+                            " its folder again to re-index it",
+                            "file-changed",
+                        )
+                    self._verified.put(key, b"1")
+                f.seek(0)
+            return f, st
+        except BaseException:
+            f.close()
+            raise
+
+    def image_format(self, f: BinaryIO, id_: int) -> str:
+        """The format that the open image file's first bytes announce (404 if none)."""
+        fmt = sniff(f.read(SNIFF_BYTES))
+        f.seek(0)
+        if fmt is None:
+            raise ApiError(404, f"image {id_} cannot be read any more", "file-unreadable")
+        return fmt
+
     def thumbnail(self, id_: int) -> tuple[bytes, str]:
         row = self.row_or_404(id_)
         key = (id_, row["sha256"], self.thumb_size)
-        data = self.thumbs.get(key)
+        f, _ = self.open_image(row)  # the file must still be the indexed one, cached or not
+        with f:
+            data = self.thumbs.get(key)
+            raw = f.read(MAX_BYTES + 1) if data is None else b""
         if data is None:
             try:
-                img = decode(read_bytes(row["path"]), row["path"], draft_size=self.thumb_size)
+                img = self.decoder.submit(self._thumb_image, raw, row["path"]).result()
             except ImageError as e:
                 raise ApiError(
                     404, f"image {id_} cannot be read any more ({e.reason})", "file-unreadable"
                 ) from None
-            img.thumbnail((self.thumb_size, self.thumb_size), Image.BICUBIC)
             buf = io.BytesIO()
             img.save(buf, "JPEG", quality=82)
             data = buf.getvalue()
             self.thumbs.put(key, data)
         return data, row["sha256"]
 
+    def _thumb_image(self, raw: bytes, path: str) -> Image.Image:
+        size = self.thumb_size
+        img = decode(raw, path, draft_size=size, reduce_to=size)
+        img.thumbnail((size, size), Image.BICUBIC)
+        return img
+
     # ------------------------------------------------------------- feedback
     def add_feedback(self, fb: FeedbackIn) -> FeedbackOut:
+        """Store one judgement (and keep the uploaded query image, if still cached).
+
+        429 past ``max_feedback_per_query`` judgements of one query; 507 when keeping the
+        query image would take ``INDEX/queries/`` past ``max_query_bytes``.
+        """
         self.row_or_404(fb.result_id)
-        saved = False
-        if fb.query.startswith("sha256:"):
-            sha = fb.query[7:]
-            data = self.recent_queries.get(sha)
-            if data is not None:
-                ext = ops.EXTENSIONS.get(sniff(data[:16]) or "", "img")
-                path = self.index_dir / "queries" / f"{sha}.{ext}"
-                if not path.exists():
-                    atomic_write_bytes(path, data)
-                saved = True
-            else:
-                saved = any((self.index_dir / "queries").glob(f"{sha}.*"))
-        elif self.store.row(int(fb.query[3:])) is None:
+        if fb.query.startswith("id:") and self.store.row(int(fb.query[3:])) is None:
             raise ApiError(404, f"the query {fb.query} is not in the index", "unknown-id")
         with self.write_lock:
             if self._feedback_store is None:
                 from cbir.index.store import IndexStore
 
                 self._feedback_store = IndexStore.open(self.index_dir)
-            fid = self._feedback_store.add_feedback(fb.query, fb.result_id, fb.relevant)
+            st = self._feedback_store
+            n = st.conn.execute("SELECT COUNT(*) FROM feedback WHERE query = ?", (fb.query,))
+            if n.fetchone()[0] >= self.max_feedback_per_query:
+                raise ApiError(
+                    429,
+                    f"the query {fb.query[:20]} already has {self.max_feedback_per_query}"
+                    " judgements, the most this server keeps per query",
+                    "feedback-limit",
+                )
+            saved = self._save_query(fb.query[7:]) if fb.query.startswith("sha256:") else False
+            fid = st.add_feedback(fb.query, fb.result_id, fb.relevant)
         return FeedbackOut(id=fid, query_saved=saved)
+
+    def _save_query(self, sha: str) -> bool:
+        """Keep the cached upload ``sha`` under ``INDEX/queries/`` (for training); whether
+        it is kept. 507 when that would pass ``max_query_bytes``."""
+        folder = self.index_dir / "queries"
+        if any(folder.glob(f"{sha}.*")):
+            return True
+        data = self.recent_queries.get(sha)
+        if data is None:
+            return False
+        used = 0
+        if folder.is_dir():
+            with os.scandir(folder) as it:
+                used = sum(e.stat().st_size for e in it if e.is_file(follow_symlinks=False))
+        if used + len(data) > self.max_query_bytes:
+            raise ApiError(
+                507,
+                f"{folder} holds {used} bytes of query images, and this one would pass the"
+                f" limit of {self.max_query_bytes} (start `cbir serve` with a larger"
+                " --max-query-mb, or move the saved queries away)",
+                "queries-full",
+            )
+        ext = ops.EXTENSIONS.get(sniff(data[:SNIFF_BYTES]) or "", "img")
+        atomic_write_bytes(folder / f"{sha}.{ext}", data)
+        return True
 
     def gauges(self) -> dict[str, tuple[str, float]]:
         fb = self.store.conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
@@ -349,6 +491,7 @@ class Service:
         }
 
     def close(self) -> None:
+        self.decoder.shutdown(wait=False)
         self.searcher.close()
         if self._feedback_store is not None:
             self._feedback_store.close()

@@ -200,7 +200,7 @@ def _upload(index: Path, data: bytes, key: str = "reliability-key-0123456789") -
     from cbir.service.app import create_app
 
     try:
-        app = create_app(index, api_key=key)
+        app = create_app(index, api_key=key, allowed_hosts=["testserver"])
     except CbirError as e:
         return 0, {"error": f"the service does not start: {e}"}
     with TestClient(app, raise_server_exceptions=False) as c:

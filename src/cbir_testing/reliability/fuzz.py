@@ -291,7 +291,8 @@ class UploadDoor:
         from cbir.service.app import create_app
 
         self.client = TestClient(
-            create_app(self.index, api_key=self.key), raise_server_exceptions=False
+            create_app(self.index, api_key=self.key, allowed_hosts=["testserver"]),
+            raise_server_exceptions=False,
         )
 
     def _post(self, url: str, name: str, content: bytes, **kw: Any) -> tuple[int, Any] | None:

@@ -6,6 +6,7 @@ const $ = (id) => document.getElementById(id);
 let last = null; // the last query: {file} or {id}
 let seq = 0; // answers to older queries are dropped
 let queryUrl = null;
+let writes = false; // the server takes feedback (it has an API key)
 
 async function api(url, options) {
   const r = await fetch(url, options);
@@ -148,7 +149,7 @@ function card(hit, query) {
     b.addEventListener("click", () => sendFeedback(query, hit.id, relevant, fig, b));
   }
   fb.append(up, down);
-  cap.append(fb);
+  if (writes) cap.append(fb);
   fig.append(open, cap);
   return fig;
 }
@@ -157,7 +158,7 @@ async function sendFeedback(query, id, relevant, fig, button) {
   try {
     await api("/feedback", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", "X-API-Key": $("key").value.trim() },
       body: JSON.stringify({ query, result_id: id, relevant }),
     });
     for (const b of fig.querySelectorAll(".feedback button")) b.classList.remove("chosen");
@@ -204,6 +205,8 @@ function init() {
   api("/health")
     .then((h) => {
       $("info").textContent = `${h.images} images · ${h.index_type} · ${h.kind}`;
+      writes = h.writes;
+      $("key-row").hidden = !writes;
     })
     .catch((e) => {
       $("info").textContent = `server unreachable: ${e.message}`;
