@@ -1,4 +1,4 @@
-"""The whole reliability suite: every fault family, tallied for the table.
+"""The whole reliability suite: every fault family and attack, tallied for the table.
 
 ``python -m cbir_testing.reliability`` runs :func:`run_all` with the release counts; the default
 test suite runs the same functions with small counts (see ``tests/reliability``).
@@ -178,7 +178,7 @@ def concurrency_tallies(workdir: Path, counts: Counts, log: Log = _stderr) -> li
     return out
 
 
-FAMILIES = ("crash", "faults", "fuzz", "concurrency", "soak")
+FAMILIES = ("crash", "faults", "fuzz", "concurrency", "attacks", "soak")
 
 
 def run_all(
@@ -189,6 +189,8 @@ def run_all(
     workdir = Path(workdir)
     if only == "concurrency":
         return concurrency_tallies(workdir, counts, log)
+    if only == "attacks":
+        return attack_tallies(workdir, log)
     if only == "soak":
         return [soak_tallies(counts, log)]
     log(f"building the corpus and a clean reference run in {workdir}")
@@ -203,9 +205,17 @@ def run_all(
     tallies += fault_tallies(lab, workdir, counts, seed, log)
     tallies += fuzz_tallies(lab.reference, workdir, counts, seed, log)
     tallies += concurrency_tallies(workdir, counts, log)
+    tallies += attack_tallies(workdir, log)
     if counts.soak_seconds > 0:
         tallies.append(soak_tallies(counts, log))
     return tallies
+
+
+def attack_tallies(workdir: Path, log: Log = _stderr) -> list[Tally]:
+    """Issue 16's attacks on the service and the index (cbir_testing.reliability.attacks)."""
+    from cbir_testing.reliability.attacks import attack_tallies as run
+
+    return run(workdir, log)
 
 
 def soak_tallies(counts: Counts, log: Log = _stderr) -> Tally:
