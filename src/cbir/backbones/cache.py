@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cbir.backbones.embed import embed_stream
-from cbir.backbones.registry import open_backbone
+from cbir.backbones.registry import DEFAULT, open_backbone
 from cbir.data.base import ImageSet
 from cbir.errors import CbirError
 from cbir.utils import atomic_write_json, cache_dir, fsync_dir
@@ -58,16 +58,18 @@ def dataset_features(
     progress: bool | None = None,
     weights: str | os.PathLike[str] | None = None,
     skip_failed: bool = False,
+    backbone: str = DEFAULT,
 ) -> np.ndarray:
-    """Backbone features ``(n, 1280)`` of every image in ``images`` (cached, memory-mapped).
+    """Backbone features ``(n, dim)`` of every image in ``images`` (cached, memory-mapped).
 
     ``weights``: a fine-tuned backbone's state-dict file (default: the ImageNet weights).
     ``skip_failed``: an image that cannot be decoded (corrupt, over ``CBIR_MAX_PIXELS``)
     gets a row of NaN instead of stopping the run, as ``cbir index`` skips it; the cache
     remembers which (``<cache>.failed.json``). Without it such an image is a
     :class:`CbirError`, cached or not.
+    ``backbone``: a registry spec (default ``efficientnet-lite0``).
     """
-    backbone = open_backbone(size=size, mode=mode, weights=weights)
+    backbone = open_backbone(backbone, size=size, mode=mode, weights=weights)
     path = cache_path(images, backbone.fingerprint)
     if path.exists():
         if not skip_failed:

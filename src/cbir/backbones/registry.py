@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cbir.backbones import efficientnet_lite, onnx_file
+from cbir.backbones import efficientnet_int8, efficientnet_lite, onnx_file
 from cbir.backbones.base import Backbone, top_classes
 from cbir.errors import CbirError
 
@@ -142,3 +142,4 @@ def backbone_for(
 # ---- the registry: one line per backbone
 register(DEFAULT, efficientnet_lite.open_efficientnet, efficientnet_lite.reopen)
 register("onnx", onnx_file.OnnxFileBackbone)
+register(efficientnet_int8.NAME, efficientnet_int8.open_int8)

@@ -96,7 +96,8 @@ def register(add: AddCommand) -> None:
         "--backbone",
         default=None,
         metavar="NAME_OR_SPEC",
-        help="the model of a new index: efficientnet-lite0 (default) or onnx:PATH.onnx"
+        help="the model of a new index: efficientnet-lite0 (default), efficientnet-lite0-int8"
+        " or onnx:PATH.onnx"
         " (see docs/backbones.md); an existing index keeps its own",
     )
     sp.add_argument(
