@@ -84,7 +84,8 @@ def test_file_lock_makes_a_second_process_wait_and_reuse(tmp_path):
     shutil.copy(fp32, cache / "backbones" / fp32.name)  # no torch export in the test
     env = {**os.environ, "CBIR_CACHE": str(cache)}
     digest = sha256_file(fp32)[:12]
-    target = cache / "backbones" / f"{int8.NAME}-{digest}-{SIZE}px-calib{int8.CALIBRATION}.onnx"
+    name = f"{int8.NAME}-{digest}-{SIZE}px-calib{int8.CALIBRATION}-{int8.recipe_digest()}.onnx"
+    target = cache / "backbones" / name
     lock = target.parent / f".{target.name}.lock"
     with int8._file_lock(lock):
         proc = subprocess.Popen(

@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import glob
 import gzip
+import hashlib
 import io
+import json
 import logging
 import os
 import tempfile
@@ -40,9 +42,11 @@ from cbir.utils import cache_dir, fsync_dir, sha256_file
 
 NAME = "efficientnet-lite0-int8"
 #: Version of the calibration recipe (images, crops, seed, method, excluded nodes): part
-#: of the cache key, so a changed recipe builds a new file.
+#: of the cache key and of the fingerprint. The key also holds a digest of the settings
+#: below, so changing one builds a new file.
 CALIBRATION = 1
 SEED = 0
+METHOD = "MinMax"
 #: Random crops per scikit-image photo (besides the whole photo).
 CROPS_PER_PHOTO = 4
 #: Fashion-MNIST training images in the calibration set.
@@ -127,7 +131,7 @@ def quantize(
     out: str | os.PathLike[str],
     images: np.ndarray,
     keep_fp32: tuple[str, ...] = KEEP_FP32,
-    method: str = "MinMax",
+    method: str = METHOD,
 ) -> None:
     """Write the QDQ int8 model of ``fp32`` to ``out`` (not atomic), calibrated on ``images``."""
     from onnxruntime.quantization import (
@@ -190,7 +194,7 @@ def int8_path(size: int) -> Path:
     fp32 = efficientnet_lite.onnx_path(size)
     digest = _digest(str(fp32), fp32.stat().st_size, fp32.stat().st_mtime_ns)
     folder = cache_dir("backbones")
-    path = folder / f"{NAME}-{digest}-{size}px-calib{CALIBRATION}.onnx"
+    path = folder / f"{NAME}-{digest}-{size}px-calib{CALIBRATION}-{recipe_digest()}.onnx"
     if path.exists():
         return path
     with _build_lock, _file_lock(folder / f".{path.name}.lock"):
@@ -205,6 +209,12 @@ def int8_path(size: int) -> Path:
             finally:
                 tmp.unlink(missing_ok=True)
     return path
+
+
+def recipe_digest() -> str:
+    """8 hex digits of the calibration settings (part of the cache file's name)."""
+    recipe = [CALIBRATION, SEED, METHOD, CROPS_PER_PHOTO, FASHION_IMAGES, list(KEEP_FP32)]
+    return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:8]
 
 
 @lru_cache(maxsize=16)
