@@ -44,6 +44,7 @@ from cbir.data.images import decode, read_bytes
 from cbir.errors import CbirError
 from cbir.heads.transform import FrozenTransform, Transform
 from cbir.index import collection, vector_index
+from cbir.index.damage import damaged_under
 from cbir.index.metadata import exif_from_bytes, exif_from_file, read_sidecars, stored_sidecars
 from cbir.index.store import IndexStore, NewImage, Touch
 
@@ -65,6 +66,10 @@ class IndexSummary:
     removed: int = 0
     moved: int = 0
     excluded: int = 0
+    #: rows whose stored features were lost, embedded again from their files (same ids)
+    repaired: int = 0
+    #: rows whose features were lost and whose file is gone or unreadable: removed
+    lost: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     total: int = 0
     seconds: float = 0.0
@@ -82,11 +87,19 @@ class IndexSummary:
             + f", {self.unchanged} unchanged"
             + (f", {self.moved} moved (same id)" if self.moved else "")
             + (f", {self.excluded} excluded" if self.excluded else "")
-            + f", {self.removed} removed, {len(self.failed)} failed"
+            + (f", {self.repaired} repaired" if self.repaired else "")
+            + f", {self.removed} removed"
+            + (f", {len(self.lost)} lost" if self.lost else "")
+            + f", {len(self.failed)} failed"
             f" -> {self.total} in {self.index_dir} ({self.seconds:.1f} s"
             + (f", {self.embedded_per_s:.0f} img/s" if self.embedded_per_s else "")
             + ")"
         ]
+        for lost in self.lost[:50]:
+            out.append(
+                f"  lost: {lost['path']} (id {lost['id']}): its stored features were lost"
+                f" ({lost['why']}) and {lost['file']}; its row was removed"
+            )
         for f in self.failed[:50]:
             out.append(
                 f"  failed: {f['path']}: {f['reason']}"
@@ -122,7 +135,7 @@ def create_or_open(
         if index_type is not None and index_type != cfg["index_type"]:
             raise CbirError(
                 f"{root} was built with --index-type {cfg['index_type']!r}, not {index_type!r};"
-                " use another --index directory (or `cbir rebuild`)"
+                " index into another --index directory"
             )
         if size is not None and size != cfg["backbone"]["preprocess"]["size"]:
             raise CbirError(
@@ -369,6 +382,7 @@ def _index_files(
 ) -> None:
     backbone = backbone_for(store)
     existing = store.rows_under(str(root))
+    damaged = damaged_under(store, root, {row["id"] for row in existing.values()})
     seen: set[str] = set()
     todo: list[tuple[str, os.stat_result]] = []
     for p in files:
@@ -394,7 +408,12 @@ def _index_files(
             )
             continue
         row = existing.get(path)
-        if row is not None and row["size"] == st.st_size and row["mtime_ns"] == st.st_mtime_ns:
+        if (
+            row is not None
+            and row["id"] not in damaged
+            and row["size"] == st.st_size
+            and row["mtime_ns"] == st.st_mtime_ns
+        ):
             summary.unchanged += 1
             continue
         todo.append((path, st))
@@ -415,7 +434,8 @@ def _index_files(
     }
     by_sha: dict[str, list[tuple[int, str, int]]] = {}
     for r in store.conn.execute("SELECT id, path, sha256, size FROM images ORDER BY id"):
-        by_sha.setdefault(r[2], []).append((r[0], r[1], r[3]))
+        if r[0] not in damaged:  # a row with lost features is no source of features
+            by_sha.setdefault(r[2], []).append((r[0], r[1], r[3]))
     known_sha = {sha: rows[-1][0] for sha, rows in by_sha.items()}
     moved: set[int] = set()  # rows given a new path in this run
     claim = threading.Lock()  # classify runs in the decoding threads
@@ -439,7 +459,9 @@ def _index_files(
         path, st = item
         info: dict[str, Any] = {"sha": sha, "size": nbytes, "mtime_ns": st.st_mtime_ns}
         old = existing.get(path)
-        if old is not None and old["sha256"] == sha:
+        if old is not None and old["id"] in damaged and old["sha256"] == sha:
+            info["repair"] = old["id"]  # same content, lost features: embed again, keep the id
+        if old is not None and old["sha256"] == sha and "repair" not in info:
             info["touch"] = old["id"]
         elif sha in known_sha and (move := moved_row(path, sha, nbytes)) is not None:
             info["touch"], info["moved_from"] = move
@@ -512,6 +534,8 @@ def _index_files(
             )
             exif = info["exif"] if "exif" in info else exif_from_file(path)
             im.meta = {"sidecar": sidecars.get(path, {}), "exif": exif}
+            if "repair" in info:
+                im.tags = existing[path]["tags"]
             if row >= 0:
                 im.extra = {"imagenet": extras[row]} if extras else {}
                 feats.append(batch.features[row : row + 1])
@@ -525,18 +549,29 @@ def _index_files(
                         json.loads(src["extra"]),
                     )
                 feats.append(reuse_feats[info["reuse"]][None])
-                summary.reused += 1
+                if "repair" not in info:
+                    summary.reused += 1
             added.append(im)
-            summary.indexed += 1
+            if "repair" in info:
+                summary.repaired += 1
+            else:
+                summary.indexed += 1
+            damaged.pop(existing[path]["id"] if path in existing else -1, None)
         for (path, _st), err in batch.failed:
             summary.failed.append({"path": path, "reason": err.reason, "detail": err.detail})
         if bar is not None:
             bar.update(len(batch.ok) + len(batch.failed))
         if len(added) >= commit_every:
             flush()
+    # Rows still without features: their file is gone, or it could not be read or decoded
+    # this time. Such a row can never be searched again: it is removed, and named.
+    for d in damaged.values():
+        file = "the file is gone" if d.path not in seen else "the file cannot be read"
+        summary.lost.append({"id": d.id, "path": d.path, "why": d.why, "file": file})
+    gone = sorted(set(gone) | set(damaged))
     flush(final=True)
     if bar is not None:
         bar.close()
-    summary.removed = len([g for g in gone if g not in moved])
+    summary.removed = len([g for g in gone if g not in moved and g not in damaged])
     dt = time.perf_counter() - t_embed
     summary.embedded_per_s = round(embedded / dt, 1) if embedded and dt > 0 else 0.0

@@ -69,6 +69,7 @@ def test_every_subcommand_in_help_order():
         "calibrate",
         "shard",
         "check",
+        "repair",
     ]
 
 

@@ -14,12 +14,24 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cbir import __version__
-from cbir.cli import calibrate, check, evaluate, index, info, joint, search, serve, shard, train
+from cbir.cli import (
+    calibrate,
+    check,
+    evaluate,
+    index,
+    info,
+    joint,
+    repair,
+    search,
+    serve,
+    shard,
+    train,
+)
 from cbir.cli.common import AddCommand, HelpFormatter, one_line, resolve_index
 from cbir.errors import CbirError, IndexDamagedError
 
 #: Who adds subcommands, in help order: index, prune, search, info, datasets, evaluate,
-#: protocols, train, plot, describe, serve, calibrate, shard, check.
+#: protocols, train, plot, describe, serve, calibrate, shard, check, repair.
 REGISTER: tuple[Callable[[AddCommand], None], ...] = (
     index.register,
     search.register,
@@ -31,6 +43,7 @@ REGISTER: tuple[Callable[[AddCommand], None], ...] = (
     calibrate.register,
     shard.register,
     check.register,
+    repair.register,
 )
 
 

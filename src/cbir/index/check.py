@@ -83,6 +83,9 @@ class CheckReport:
         out += [f"  warning: {w}" for w in self.warnings[:20]]
         if len(self.warnings) > 20:
             out.append(f"  ... and {len(self.warnings) - 20} more warning(s) (see --json)")
+        if self.errors:
+            idx = shlex.quote(self.index_dir)
+            out.append(f"  `cbir repair {idx}` rebuilds what can be rebuilt")
         idx = shlex.quote(self.index_dir)
         for root, n in self.reindex.items():
             what = [f"{n[k]} file(s) {k}" for k in ("changed", "missing") if n[k]]

@@ -421,8 +421,14 @@ class IndexStore:
                     seg = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as e:
                 raise CbirError(
-                    f"{path}: feature segment unreadable ({e}); run `cbir check`"
+                    f"{path}: feature segment unreadable ({e}); run `cbir repair {self.root}`"
                 ) from None
+            dim = self.config["feature_dim"]
+            if seg.dtype != np.float32 or seg.ndim != 2 or seg.shape[1] != dim:
+                raise CbirError(
+                    f"{path}: feature segment holds {seg.dtype} {seg.shape}, not float32 (n, {dim});"
+                    f" run `cbir repair {self.root}`"
+                )
             self._segment_cache[gen] = seg
         return seg
 
@@ -437,7 +443,13 @@ class IndexStore:
             return np.zeros((0, self.config["feature_dim"]), np.float32)
         out = np.empty((len(rows), self._segment(rows[0]["seg"]).shape[1]), np.float32)
         for i, r in enumerate(rows):
-            out[i] = self._segment(r["seg"])[r["row"]]
+            seg = self._segment(r["seg"])
+            if not 0 <= r["row"] < len(seg):
+                raise CbirError(
+                    f"{self.root}: image {r['id']}'s features lie outside their segment"
+                    f" ({len(seg)} rows); run `cbir repair {self.root}`"
+                )
+            out[i] = seg[r["row"]]
         return out
 
     def iter_features(
@@ -453,7 +465,13 @@ class IndexStore:
                 continue
             ids = np.array([r[0] for r in rows], np.int64)
             idx = np.array([r[1] for r in rows], np.int64)
-            yield ids, np.asarray(self._segment(gen)[idx], np.float32)
+            seg = self._segment(gen)
+            if idx[0] < 0 or idx[-1] >= len(seg):
+                raise CbirError(
+                    f"{self.root}: rows point outside segment {gen} ({len(seg)} rows);"
+                    f" run `cbir repair {self.root}`"
+                )
+            yield ids, np.asarray(seg[idx], np.float32)
 
     # ---------------------------------------------------------------- writing
     def commit(
