@@ -20,7 +20,7 @@ from cbir.cli import main
 from cbir.index.damage import damaged_rows
 from cbir.index.store import IndexStore
 from cbir.pipeline import index_folder
-from cbir.reliability.check import check_index
+from cbir.index.check import check_index
 from cbir.repair import repair_index
 
 SIZE = 64

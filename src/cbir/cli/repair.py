@@ -9,7 +9,7 @@ from cbir.cli.common import AddCommand, print_json
 
 def cmd_repair(args: argparse.Namespace) -> int:
     """Run :func:`repair_index`, then :func:`check_index`; exit 1 unless the index is whole."""
-    from cbir.reliability.check import check_index
+    from cbir.index.check import check_index
     from cbir.repair import repair_index
 
     report = repair_index(
