@@ -17,10 +17,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cbir.cli import main
+from cbir.index.check import check_index
 from cbir.index.damage import damaged_rows
 from cbir.index.store import IndexStore
 from cbir.pipeline import index_folder
-from cbir.index.check import check_index
 from cbir.repair import repair_index
 
 SIZE = 64
