@@ -1,10 +1,10 @@
-"""``cbir repair INDEX_DIR``: rebuild what can be rebuilt, then check the index."""
+"""``cbir repair INDEX``: rebuild what can be rebuilt, then check the index."""
 
 from __future__ import annotations
 
 import argparse
 
-from cbir.cli.common import AddCommand, print_json
+from cbir.cli.common import AddCommand, add_index_argument, print_json
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
@@ -13,7 +13,10 @@ def cmd_repair(args: argparse.Namespace) -> int:
     from cbir.repair import repair_index
 
     report = repair_index(
-        args.index_dir, drop_lost=args.drop_lost, batch_size=args.batch_size, workers=args.workers
+        args.index_dir,
+        drop_lost=args.drop_lost,
+        batch_size=args.batch_size,
+        workers=args.decode_threads,
     )
     check = check_index(args.index_dir, hashes=False)
     if args.json:
@@ -32,12 +35,14 @@ def register(add: AddCommand) -> None:
         "Repair an index: re-embed rows whose stored features are lost (from their files, by"
         " the index's backbone), rebuild the search index, then check it.",
     )
-    sp.add_argument("index_dir")
+    add_index_argument(sp)
     sp.add_argument(
         "--drop-lost",
         action="store_true",
         help="remove the rows that cannot be repaired (their file is gone or changed)",
     )
-    sp.add_argument("--batch-size", type=int, default=32)
-    sp.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    sp.add_argument("--batch-size", type=int, default=32, help="images per onnxruntime call")
+    sp.add_argument(
+        "--decode-threads", type=int, default=2, metavar="N", help="image decoding threads"
+    )
     sp.add_argument("--json", action="store_true", help="print the report as JSON")
