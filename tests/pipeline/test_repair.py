@@ -216,7 +216,7 @@ def test_a_server_answers_the_repaired_ids_again(indexed):
     _, idx, _ = indexed
     ids = sorted(_segment_rows(idx, 2).values())
     _delete(idx)
-    with TestClient(create_app(idx)) as client:
+    with TestClient(create_app(idx, allowed_hosts=["testserver"])) as client:
         assert client.get(f"/images/{ids[0]}").status_code == 200
         assert client.get("/search", params={"id": ids[0], "k": 3}).status_code == 404
         assert main(["repair", str(idx)]) == 0
