@@ -254,3 +254,40 @@ def test_the_url_k_of_an_upload_search_counts(base_index: Path, photos_dir: Path
         assert r.status_code == 422 and "k" in r.json()["error"]
         r = c.post("/search?k=0", files={"file": ("q.jpg", data)})
         assert r.status_code == 422
+
+
+def test_the_names_a_bind_answers_to():
+    import socket
+
+    from cbir.service.guard import AllowedHosts
+
+    loop = AllowedHosts.for_bind("127.0.0.1")
+    assert all(loop.allowed(h) for h in ("127.0.0.1:1", "localhost", "[::1]:80"))
+    assert not any(loop.allowed(h) for h in ("10.0.0.1", socket.gethostname() + ".evil", None))
+    lan = AllowedHosts.for_bind("192.168.7.7", ["photos.lan"])
+    assert lan.allowed("192.168.7.7:8000") and lan.allowed("PHOTOS.lan")
+    assert not lan.allowed("localhost") and not lan.allowed("10.0.0.1")
+    anywhere = AllowedHosts.for_bind("0.0.0.0")
+    assert anywhere.allowed("10.1.2.3:8000") and anywhere.allowed("[fe80::1]:8000")
+    assert anywhere.allowed(socket.gethostname()) and not anywhere.allowed("evil.example")
+    assert AllowedHosts(["*"]).allowed("anything.example")
+
+
+@pytest.mark.parametrize("bad", ["photos.example:8000", "http://photos.example", "a/b", ""])
+def test_a_bad_allow_host_is_refused_in_one_line(base_index: Path, capsys, bad: str):
+    from cbir.cli import main
+
+    assert main(["serve", str(base_index), "--allow-host", bad]) == 1
+    err = capsys.readouterr().err
+    assert "--allow-host" in err and err.count("\n") == 1
+
+
+def test_the_cli_still_prints_absolute_paths(base_index: Path, photos_dir: Path, capsys):
+    import json
+
+    from cbir.cli import main
+
+    assert main(["search", str(base_index), str(photo(photos_dir, "horse")), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    hits = out["results"] if isinstance(out, dict) else out
+    assert hits and all(Path(h["path"]).is_absolute() for h in hits)

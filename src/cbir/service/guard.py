@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import socket
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -103,15 +104,15 @@ class AllowedHosts:
     @classmethod
     def for_bind(cls, host: str, extra: Iterable[str] = ()) -> AllowedHosts:
         """The names a server listening on ``host`` answers to: ``host`` itself, the
-        loopback names for a loopback address, any address for ``0.0.0.0`` / ``::``; plus
-        ``extra`` (``--allow-host``)."""
+        loopback names for a loopback address, any address and the machine's host name for
+        ``0.0.0.0`` / ``::``; plus ``extra`` (``--allow-host``)."""
         h = host.strip().strip("[]").lower()
         names = {h, *extra}
         wildcard = h in ("", "0.0.0.0", "::")
         if h == "localhost" or (_is_ip(h) and ipaddress.ip_address(h).is_loopback):
             names |= set(LOOPBACK_HOSTS)
-        if wildcard:
-            names |= set(LOOPBACK_HOSTS)
+        if wildcard:  # every interface: loopback, any address, and this machine's name
+            names |= {*LOOPBACK_HOSTS, socket.gethostname()}
         return cls(names, any_ip=wildcard)
 
     def allowed(self, header: str | None) -> bool:
