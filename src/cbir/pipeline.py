@@ -74,6 +74,8 @@ class IndexSummary:
     total: int = 0
     seconds: float = 0.0
     embedded_per_s: float = 0.0
+    #: ``--refit-center``: the new fit (``{"images": n, "at": time}``)
+    refit_center: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -95,6 +97,11 @@ class IndexSummary:
             + (f", {self.embedded_per_s:.0f} img/s" if self.embedded_per_s else "")
             + ")"
         ]
+        if self.refit_center:
+            out.append(
+                f"centring mean refitted on {self.refit_center['images']} image(s);"
+                " the search index was rebuilt"
+            )
         for lost in self.lost[:50]:
             out.append(
                 f"  lost: {lost['path']} (id {lost['id']}): its stored features were lost"
@@ -145,7 +152,12 @@ def create_or_open(
         if center is not None and bool(center) != bool(
             store.get_meta("transform", {}).get("center")
         ):
-            raise CbirError(f"{root} was built with a different --center setting")
+            built = "--center" if store.get_meta("transform", {}).get("center") else "--no-center"
+            store.close()
+            raise CbirError(
+                f"{root} was built with {built}; leave the option out to update it, or index"
+                " into another --index directory"
+            )
         if n_images is not None:
             try:
                 vector_index.check_index_type(
@@ -198,7 +210,8 @@ def create_or_open(
         and transform.backbone != bb.fingerprint
     ):
         raise CbirError("the model was trained on another backbone; retrain it with this cbir")
-    transform = transform or FrozenTransform(dim=bb.dim, center=bool(center))
+    # a new index is centred unless asked not to be (docs/evaluation.md)
+    transform = transform or FrozenTransform(dim=bb.dim, center=center is not False)
     if n_images is not None:
         vector_index.check_index_type(index_type or DEFAULT_INDEX_TYPE, transform, n_images)
     config = {
@@ -256,6 +269,27 @@ def _remove_new_index(root: Path, before: set[str] | None) -> None:
             p.unlink(missing_ok=True)
 
 
+def _unfitted(store: IndexStore) -> Transform:
+    """The index's centred transform with its mean forgotten (refit at the rebuild)."""
+    transform = vector_index.current_transform(store)
+    if not getattr(transform, "center", False) or not hasattr(transform, "unfit"):
+        raise CbirError(
+            f"{store.root} is not centred (built with --no-center or a --model), so there is"
+            " no mean to refit; leave out --refit-center"
+        )
+    transform.unfit()
+    return transform
+
+
+def _first_fit(store: IndexStore) -> Transform | None:
+    """The transform of a centred index whose earlier builds had no image to fit its mean
+    on, now that it has images (else None)."""
+    transform = vector_index.current_transform(store)
+    if getattr(transform, "center", False) and transform.mean is None and store.count():
+        return transform
+    return None
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -276,6 +310,7 @@ def index_folder(
     backbone: str | None = None,
     prune: bool | None = None,
     exclude: Sequence[str] = (),
+    refit_center: bool = False,
 ) -> IndexSummary:
     """Index (or update the index of) every image under ``images_dir``.
 
@@ -290,6 +325,9 @@ def index_folder(
     ``engine``: None embeds here (decoding threads + onnxruntime); otherwise an object
     whose ``embed(todo, classify, backbone, batch_size)`` yields the same ``Batch``es in
     order (e.g. :class:`cbir.distributed.ray_embed.RayEngine`).
+    ``center``: None centres a new index on its mean (fitted at its first build) and keeps
+    an existing index's setting; False opts out. ``refit_center``: fit the mean again on
+    every image now indexed (the search index is rebuilt).
     """
     t0 = time.perf_counter()
     root = Path(os.path.abspath(os.fspath(images_dir)))
@@ -334,6 +372,7 @@ def index_folder(
             sweep = [str(root)]
         elif prune:
             sweep = sorted({str(root), *collection.roots(store)})
+        refit = _unfitted(store) if refit_center else None  # refused before any embedding
         _index_files(
             store,
             root,
@@ -349,7 +388,8 @@ def index_folder(
         )
         collection.record_root(store, str(root))
         try:
-            vector_index.refresh(store)
+            unfitted = _first_fit(store)  # rebuilt (and fitted) when not fitted yet
+            vector_index.refresh(store, transform=refit or unfitted, force=unfitted is not None)
         except Exception as e:  # a new index whose search index cannot be built: roll back
             if not fresh:
                 raise
@@ -359,6 +399,8 @@ def index_folder(
             raise CbirError(
                 f"{index_dir}: the search index could not be built ({why}); nothing was kept"
             ) from None
+        if refit is not None:
+            summary.refit_center = refit.fitted
         store.compact()
         summary.total = store.count()
     finally:

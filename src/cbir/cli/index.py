@@ -12,8 +12,11 @@ def cmd_index(args: argparse.Namespace) -> int:
     """Index ``images_dir`` into ``--index``; exit 1 when the folder holds no image."""
     from cbir.distributed.engine import engine_for
     from cbir.distributed.stores import sync_store
+    from cbir.errors import CbirError
     from cbir.pipeline import index_folder
 
+    if args.refit_center and args.center is False:
+        raise CbirError("--refit-center refits the centring mean; drop --no-center")
     with engine_for(
         args.engine, ray_address=args.ray_address, ray_workers=args.ray_workers
     ) as engine:
@@ -24,13 +27,14 @@ def cmd_index(args: argparse.Namespace) -> int:
             workers=args.decode_threads,
             index_type=args.index_type,
             size=args.size,
-            center=True if args.center else None,
+            center=args.center,
             progress=False if args.json else None,
             model=None if args.model == "frozen" else args.model,
             engine=engine,
             backbone=args.backbone,
             prune=args.prune,
             exclude=args.exclude,
+            refit_center=args.refit_center,
         )
     synced = sync_store(args.index, args.store)
     if args.json:
@@ -82,8 +86,26 @@ def register(add: AddCommand) -> None:
     sp.add_argument(
         "--size", type=int, default=None, help="backbone input size in pixels (default 224)"
     )
+    centring = sp.add_mutually_exclusive_group()
+    centring.add_argument(
+        "--center",
+        dest="center",
+        action="store_true",
+        default=None,
+        help="centre features on the collection mean before cosine (the default of a new index)",
+    )
+    centring.add_argument(
+        "--no-center",
+        dest="center",
+        action="store_false",
+        default=None,
+        help="a new index without centring (plain cosine of the backbone features)",
+    )
     sp.add_argument(
-        "--center", action="store_true", help="centre features by the collection mean before cosine"
+        "--refit-center",
+        action="store_true",
+        help="fit the centring mean again on every image now indexed (after the collection"
+        " has changed a lot; see `cbir info`); rebuilds the search index",
     )
     sp.add_argument(
         "--model",

@@ -11,6 +11,7 @@ from cbir.cli.common import AddCommand, add_index_argument, human_bytes, print_j
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print the index's count, dimension, backbone, model, type and size."""
+    from cbir.heads.transform import spec_digest
     from cbir.index.store import IndexStore
 
     store = IndexStore.open(args.index_dir)
@@ -30,6 +31,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             "index_file": fa.get("file"),
             "size_on_disk": store.size_on_disk(),
             "metadata": _metadata_info(store),
+            "center": _center_info(tr),
+            "model_fingerprint": spec_digest(tr) if tr else None,
         }
     finally:
         store.close()
@@ -47,6 +50,13 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"model:        {info['model'].get('kind')}"
             + (" (centred)" if info["model"].get("center") else "")
         )
+        if info["model_fingerprint"]:
+            print(
+                f"fingerprint:  {info['model_fingerprint']} (what `cbir evaluate --index` measures)"
+            )
+        c = info["center"]
+        if c is not None:
+            print(f"centring:     {_center_line(c, info['count'], info['index'])}")
         print(f"index type:   {info['index_type']}")
         print(f"size on disk: {human_bytes(info['size_on_disk'])}")
         md = info["metadata"]
@@ -55,6 +65,30 @@ def cmd_info(args: argparse.Namespace) -> int:
             + (f"; fields: {', '.join(md['fields'])}" if md["fields"] else "")
         )
     return 0
+
+
+def _center_info(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """When and on how many images a centred index fitted its mean (None: not centred)."""
+    if not spec.get("center"):
+        return None
+    fitted = spec.get("fitted") or {}
+    return {
+        "fitted": spec.get("mean") is not None,
+        "images": fitted.get("images"),
+        "at": fitted.get("at"),
+    }
+
+
+def _center_line(c: dict[str, Any], count: int, index: str) -> str:
+    """The ``cbir info`` line on the centring mean, and when to refit it."""
+    if not c["fitted"]:
+        return "on the collection mean, fitted at the first build (none yet)"
+    when = f" on {c['images']} image(s)" if c["images"] is not None else ""
+    when += f" at {c['at']}" if c["at"] else " (before fits were dated)"
+    return (
+        f"on the collection mean, fitted{when}; the index holds {count} now. Refit after the"
+        f" collection has changed a lot: cbir index FOLDER --index {index} --refit-center"
+    )
 
 
 def _metadata_info(store: Any) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         freeze_blocks=args.freeze_blocks,
         augment=args.augment,
         holdout=args.holdout,
+        split=args.split,
+        train_fraction=args.train_fraction,
+        eval_on_train=args.eval_on_train,
     )
     progress = False if args.json else None
     out = Path(args.out)
@@ -104,6 +108,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         configs = configs[:1]
     method.prepare(configs[0])  # a bad option fails before any features are computed
     data = method.load_data(configs[0], progress=progress)
+    split = getattr(data, "split", None)  # printed before the (long) training
+    if split:
+        print(f"split: {split['line']}", file=sys.stderr if args.json else sys.stdout)
+        if split.get("warning"):
+            print(f"cbir train: warning: {split['warning']}", file=sys.stderr)
     results = []
     for cfg in configs:
         run = out / f"bits-{cfg.options.width}" if len(configs) > 1 else out
@@ -120,6 +129,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"{cfg.method} {cfg.options.width}: {figs}"
                 f"  (train {res['train_seconds']} s) -> {run}"
             )
+            if res.get("warning"):
+                print(f"  warning: {res['warning']}")
             if "feedback" in res:
                 fb = res["feedback"]
                 print(
@@ -280,6 +291,26 @@ def register(add: AddCommand) -> None:
         default=0,
         metavar="N",
         help="validation: N random training images query the rest of the training set (choose settings on this, not on the test queries)",
+    )
+    sp.add_argument(
+        "--split",
+        choices=("same-classes", "zero-shot"),
+        default=None,
+        help="a folder without train/ and test/: hold out part of each class (same-classes,"
+        " the default) or whole classes (zero-shot); the held-out images query each other",
+    )
+    sp.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.5,
+        help="--split: the fraction of each class's images (same-classes) or of the classes"
+        " (zero-shot) trained on; drawn with --seed (default: 0.5)",
+    )
+    sp.add_argument(
+        "--eval-on-train",
+        action="store_true",
+        help="evaluate on the training images themselves (no split); the figures then"
+        " overstate the model and a warning says so",
     )
     sp.add_argument(
         "--tsne-points", type=int, default=2000, help="query images in the run's tsne.png (0: none)"

@@ -69,13 +69,19 @@ def metric_label(key: str) -> str:
     return key
 
 
-def markdown(summary: dict[str, Any]) -> str:
+def markdown(summary: dict[str, Any], topk: bool = True) -> str:
     m = summary["metrics"]
     lines = [
         f"# {summary['protocol']}: {summary['model']}",
         "",
         summary.get("description", ""),
         "",
+    ]
+    if summary.get("warning"):
+        lines += [f"> **Warning:** {summary['warning']}", ""]
+    if summary.get("split"):
+        lines += [f"- split: {summary['split']['line']}"]
+    lines += [
         f"- queries: {summary['n_queries']} (excluded, no relevant item: {summary.get('n_queries_no_relevant', 0)})",
         f"- database: {summary['n_database']}",
         f"- backbone input: {summary.get('size')} px; time: {summary['seconds']['total']} s",
@@ -93,9 +99,8 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         "![precision-recall](pr.png) ![precision@k](p_at_k.png)",
         "",
-        "![top 10](topk.png)",
-        "",
     ]
+    lines += ["![top 10](topk.png)", ""] if topk else []
     return "\n".join(lines)
 
 
@@ -185,11 +190,13 @@ def write_report(out_dir: str | Path, summary: dict[str, Any], context: dict[str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "report.json", summary)
-    atomic_write_bytes(out / "report.md", markdown(summary).encode())
+    topk = "splits" in context  # an index evaluation has no image sets to draw
+    atomic_write_bytes(out / "report.md", markdown(summary, topk).encode())
     title = f"{summary['protocol']}: {summary['model']}"
     plot_pr(context.get("curves", {}), out / "pr.png", title)
     plot_pk(context.get("curves", {}), out / "p_at_k.png", title)
-    plot_topk(context, out / "topk.png")
+    if topk:
+        plot_topk(context, out / "topk.png")
     return out
 
 

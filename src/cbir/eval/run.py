@@ -9,6 +9,8 @@ index built with that model returns.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -121,6 +123,60 @@ def drop_unreadable(images: Any, feats: np.ndarray) -> tuple[Any, np.ndarray, li
     return images.subset(keep, images.name), np.asarray(feats[keep]), lines
 
 
+def _run_config(model: str | None) -> dict[str, Any] | None:
+    """The config.json of a ``cbir train`` run directory (None for frozen models)."""
+    if model in (None, "frozen", "frozen-raw"):
+        return None
+    p = Path(model)
+    p = p if p.is_dir() else p.parent
+    try:
+        return json.loads((p / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _same_data(run: dict[str, Any], dataset: str, protocol: str | None) -> bool:
+    d = str(run.get("dataset"))
+    same = (
+        os.path.abspath(d) == os.path.abspath(dataset) if os.path.exists(dataset) else d == dataset
+    )
+    return same and run.get("protocol") == protocol
+
+
+def _splits(
+    dataset: str, protocol: str | None, seed: int, split: str | None, fraction: float
+) -> tuple[Any, Any, Any]:
+    """``resolve`` with ``split="auto"``: the default split on a folder without train/test."""
+    from cbir.eval.protocols import DEFAULT_SPLIT, is_unsplit, resolve, with_split
+
+    if split != "auto":
+        return resolve(dataset, protocol, seed, split=split, train_fraction=fraction)
+    proto, ds, splits = resolve(dataset, protocol, seed)
+    if is_unsplit(proto, ds):
+        proto, splits = with_split(proto, ds, DEFAULT_SPLIT, seed, fraction, dataset)
+    return proto, ds, splits
+
+
+def _run_split(run: dict[str, Any]) -> str | None:
+    """The split a run trained with (None: its protocol's; "auto": the folder default)."""
+    return None if run.get("eval_on_train") else run.get("split") or "auto"
+
+
+def _trained_on(run: dict[str, Any]) -> list[str] | None:
+    """Keys of the images a run's training split holds (None: its data is not here)."""
+    try:
+        _p, _d, s = _splits(
+            str(run["dataset"]),
+            run.get("protocol"),
+            int(run.get("seed", 0)),
+            _run_split(run),
+            float(run.get("train_fraction", 0.5)),
+        )
+    except (CbirError, KeyError, OSError):
+        return None
+    return None if s.train is None else list(s.train.keys)
+
+
 def evaluate(
     dataset: str,
     protocol: str | None = None,
@@ -131,17 +187,42 @@ def evaluate(
     limit_queries: int | None = None,
     map_at: tuple[int, ...] | None = None,
     rerank: Any = None,
+    split: str | None = None,
+    train_fraction: float = 0.5,
+    eval_on_train: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run a protocol; returns (summary for --json, context for the report).
 
     ``map_at``: the mAP cut-offs to report (default: the protocol's own, if any).
     ``rerank``: re-rank each query's results (:class:`cbir.search.rerank.Rerank`).
+    ``split``: a folder's ``same-classes`` / ``zero-shot`` split (seed, ``train_fraction``);
+    a run evaluated on the data it was trained on gets its own split by default. Query
+    images the run was trained on are refused unless ``eval_on_train`` (then a warning).
     """
     from cbir.backbones.cache import dataset_features
-    from cbir.eval.protocols import resolve
+    from cbir.eval.protocols import split_line
 
     t0 = time.perf_counter()
-    proto, ds, splits = resolve(dataset, protocol, seed)
+    run = _run_config(model)
+    if split is None and run is not None and _same_data(run, dataset, protocol):
+        split, seed = _run_split(run), int(run.get("seed", seed))
+        train_fraction = float(run.get("train_fraction", train_fraction))
+    proto, ds, splits = _splits(dataset, protocol, seed, split, train_fraction)
+    warning = None
+    trained = None if run is None else _trained_on(run)
+    overlap = 0 if trained is None else splits.overlap(trained)
+    if overlap and not eval_on_train:
+        raise CbirError(
+            f"{model} was trained on {overlap} of the {len(splits.query)} query images, so the"
+            " figures would score what it learned; evaluate held-out images (--split as it was"
+            " trained, or other data) or pass --eval-on-train to do it anyway"
+        )
+    if overlap:
+        warning = (
+            f"evaluated on the model's own training images ({overlap} of the"
+            f" {len(splits.query)} queries, --eval-on-train): the figures overstate what it"
+            " does on new images"
+        )
     transform, desc = load_model(model)
     if hasattr(transform, "backbone"):
         size = size or transform.backbone["preprocess"]["size"]
@@ -202,6 +283,8 @@ def evaluate(
         "n_queries_no_relevant": m.get("n_queries_no_relevant", 0),
         "n_database": m["n_database"],
         "skipped": skipped,
+        "split": {"name": proto.name, "line": split_line(proto, splits), "sizes": splits.sizes()},
+        "warning": warning,
         "seconds": {
             "features": round(t1 - t0, 2),
             "metrics": round(t2 - t1, 2),

@@ -33,7 +33,10 @@ __all__ = [
 
 def _frozen(spec: dict[str, Any], root: Path | None) -> FrozenTransform:
     return FrozenTransform(
-        dim=spec.get("dim", 1280), center=spec.get("center", False), mean=spec.get("mean")
+        dim=spec.get("dim", 1280),
+        center=spec.get("center", False),
+        mean=spec.get("mean"),
+        fitted=spec.get("fitted"),
     )
 
 

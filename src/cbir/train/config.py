@@ -151,6 +151,12 @@ class TrainConfig:
     eval_queries: int = 1000
     tsne_points: int = TSNE_POINTS  # query images in tsne.png (0: no t-SNE map)
     holdout: int = 0  # validation: this many training images query the rest of the training set
+    # a folder without train/ and test/: "same-classes" or "zero-shot" (cbir.eval.protocols;
+    # None: same-classes), train_fraction of its images / classes; eval_on_train: no split,
+    # the figures then score the training images (with a warning)
+    split: str | None = None
+    train_fraction: float = 0.5
+    eval_on_train: bool = False
     options: MethodOptions = field(default_factory=HashingOptions)
 
     def kind(self) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 from cbir.backbones.cache import dataset_features
 from cbir.backbones.registry import open_backbone
 from cbir.errors import CbirError
-from cbir.eval.protocols import resolve
+from cbir.eval.protocols import DEFAULT_SPLIT, Splits, is_unsplit, resolve, split_line, with_split
 from cbir.eval.run import evaluate_features
 from cbir.train.config import TrainConfig
 
@@ -30,12 +30,23 @@ class TrainData:
     protocol: Any
     fingerprint: dict[str, Any]
     class_names: list[str] | None = None
+    split: dict[str, Any] | None = None  # the split line, sizes and any warning (final.json)
 
 
 def run_splits(cfg: TrainConfig) -> tuple[Any, Any, Any, Any, Any]:
     """``(protocol, dataset, train, query, database)`` image sets of a run (with the
     ``*_limit`` subsets drawn from ``cfg.seed``); no features computed."""
-    proto, ds, splits = resolve(cfg.dataset, cfg.protocol, seed=cfg.seed)
+    if cfg.eval_on_train and cfg.split:
+        raise CbirError(
+            f"--eval-on-train evaluates on the training images; drop --split {cfg.split}"
+        )
+    proto, ds, splits = resolve(
+        cfg.dataset, cfg.protocol, cfg.seed, split=cfg.split, train_fraction=cfg.train_fraction
+    )
+    if cfg.split is None and not cfg.eval_on_train and is_unsplit(proto, ds):
+        proto, splits = with_split(
+            proto, ds, DEFAULT_SPLIT, cfg.seed, cfg.train_fraction, cfg.dataset
+        )
     if splits.train is None or len(splits.train) == 0:
         raise CbirError(f"protocol {proto.name} has no training split")
 
@@ -60,7 +71,34 @@ def run_splits(cfg: TrainConfig) -> tuple[Any, Any, Any, Any, Any]:
     train = limit(train, cfg.train_limit, "t")
     query = limit(query, cfg.query_limit, "q")
     database = None if database is None else limit(database, cfg.database_limit, "d")
+    if not cfg.eval_on_train and Splits(train, query, database).overlap():
+        n = Splits(train, query, database).overlap()
+        raise CbirError(
+            f"{cfg.dataset}: {n} of the {len(query)} query images are training images, so the"
+            " figures would score the model on what it learned; split the folder (--split"
+            " same-classes or zero-shot) or pass --eval-on-train to evaluate on them anyway"
+        )
     return proto, ds, train, query, database
+
+
+def split_info(proto: Any, train: Any, query: Any, database: Any) -> dict[str, Any]:
+    """What a run trains and evaluates on: the split line, its sizes, and a warning when
+    query images are training images (``--eval-on-train``)."""
+    splits = Splits(train, query, database)
+    n = splits.overlap()
+    warning = (
+        f"evaluated on its own training images ({n} of the {len(query)} queries were trained"
+        " on, --eval-on-train): the figures overstate what the model does on new images"
+        if n
+        else None
+    )
+    return {
+        "name": proto.name,
+        "line": split_line(proto, splits),
+        "sizes": splits.sizes(),
+        "overlap": n,
+        "warning": warning,
+    }
 
 
 def load_data(cfg: TrainConfig, progress: bool | None = None) -> TrainData:
@@ -84,6 +122,7 @@ def load_data(cfg: TrainConfig, progress: bool | None = None) -> TrainData:
         protocol=proto,
         fingerprint=open_backbone(size=size).fingerprint,
         class_names=list(ds.class_names) or None,
+        split=split_info(proto, train, query, database),
     )
 
 

@@ -92,6 +92,11 @@ def train(
         "train_seconds": round(seconds, 2),
         **method.summary(data, model),
     }
+    split = getattr(data, "split", None)
+    if split:  # what the figures are measured on; a warning if on training images
+        result["split"] = split
+        if split.get("warning"):
+            result["warning"] = split["warning"]
     if final_eval:
         result.update(method.final_eval(run, data, show))
     write_final(run, result)
