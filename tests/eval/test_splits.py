@@ -176,3 +176,15 @@ def test_train_and_evaluate_print_the_split_and_warn_on_training_images(tmp_path
     assert r.returncode == 0, r.stderr
     assert "warning:  evaluated on the model's own training images (42 of the 42" in r.stdout
     assert "**Warning:** evaluated on the model's own" in (report / "report.md").read_text()
+
+
+def test_evaluate_knows_what_a_run_was_trained_on(folder):
+    from cbir.eval.run import _trained_on
+
+    # a run made before folders were split trained on every image
+    assert len(_trained_on({"dataset": str(folder)})) == 15
+    assert len(_trained_on({"dataset": str(folder), "split": None})) == 8  # the default
+    zs = _trained_on({"dataset": str(folder), "split": "zero-shot", "train_fraction": 0.5})
+    assert len(zs) in (9, 10, 11) and len({Path(k).parent.name for k in zs}) == 2
+    assert len(_trained_on({"dataset": str(folder), "split": None, "eval_on_train": True})) == 15
+    assert _trained_on({"dataset": str(folder / "gone")}) is None

@@ -258,7 +258,8 @@ def split_line(proto: Protocol, splits: Splits) -> str:
     """One line naming the split and its sizes, as ``cbir train`` / ``evaluate`` print it."""
     q = splits.query
     if splits.database is None:
-        held = f"{len(q)} held-out images ({_n_classes(q)} classes) query each other"
+        who = "held-out images" if splits.train is not None and not splits.overlap() else "images"
+        held = f"{len(q)} {who} ({_n_classes(q)} classes) query each other"
     else:
         same = " (the training images)" if splits.database is splits.train else ""
         held = f"{len(q)} queries, database {len(splits.database)}{same}"

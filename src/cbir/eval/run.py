@@ -158,8 +158,12 @@ def _splits(
 
 
 def _run_split(run: dict[str, Any]) -> str | None:
-    """The split a run trained with (None: its protocol's; "auto": the folder default)."""
-    return None if run.get("eval_on_train") else run.get("split") or "auto"
+    """The split a run trained with (None: its protocol's, or every image of a folder;
+    "auto": the folder default). Runs made before folders were split trained on every
+    image."""
+    if "split" not in run or run.get("eval_on_train"):
+        return None
+    return run.get("split") or "auto"
 
 
 def _trained_on(run: dict[str, Any]) -> list[str] | None:
@@ -223,6 +227,8 @@ def evaluate(
             f" {len(splits.query)} queries, --eval-on-train): the figures overstate what it"
             " does on new images"
         )
+    # the frozen model on a whole folder trains on nothing: no training images to show
+    shown = replace(splits, train=None) if run is None and split is None else splits
     transform, desc = load_model(model)
     if hasattr(transform, "backbone"):
         size = size or transform.backbone["preprocess"]["size"]
@@ -283,7 +289,7 @@ def evaluate(
         "n_queries_no_relevant": m.get("n_queries_no_relevant", 0),
         "n_database": m["n_database"],
         "skipped": skipped,
-        "split": {"name": proto.name, "line": split_line(proto, splits), "sizes": splits.sizes()},
+        "split": {"name": proto.name, "line": split_line(proto, shown), "sizes": shown.sizes()},
         "warning": warning,
         "seconds": {
             "features": round(t1 - t0, 2),

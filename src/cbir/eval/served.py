@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -64,10 +65,16 @@ def _served_scores(searcher: Any, ids: np.ndarray) -> Any:
     (distinct, in the order served); images a search did not return share score 0."""
     n = len(ids)
     col = {int(i): j for j, i in enumerate(ids)}
+    lock = threading.Lock()  # the evaluator runs blocks in threads; one search at a time
 
     def scores(rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, np.int64)
         out = np.zeros((len(rows), n), np.float32)
+        with lock:
+            _fill(out, rows)
+        return out
+
+    def _fill(out: np.ndarray, rows: np.ndarray) -> None:
         for a in range(0, len(rows), BATCH):
             part = rows[a : a + BATCH]
             feats = searcher.store.features(ids[part].tolist())
@@ -76,7 +83,6 @@ def _served_scores(searcher: Any, ids: np.ndarray) -> Any:
                     j = col.get(h.id)
                     if j is not None:
                         out[a + r, j] = float(n - h.rank + 1)
-        return out
 
     return scores
 

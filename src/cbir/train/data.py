@@ -71,8 +71,8 @@ def run_splits(cfg: TrainConfig) -> tuple[Any, Any, Any, Any, Any]:
     train = limit(train, cfg.train_limit, "t")
     query = limit(query, cfg.query_limit, "q")
     database = None if database is None else limit(database, cfg.database_limit, "d")
-    if not cfg.eval_on_train and Splits(train, query, database).overlap():
-        n = Splits(train, query, database).overlap()
+    n = 0 if cfg.eval_on_train else Splits(train, query, database).overlap()
+    if n:
         raise CbirError(
             f"{cfg.dataset}: {n} of the {len(query)} query images are training images, so the"
             " figures would score the model on what it learned; split the folder (--split"
