@@ -116,6 +116,11 @@ def main() -> None:
     ap.add_argument("--hidden", default="", help="hidden widths of the head ('': linear)")
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--weight-decay", type=float, default=1e-5)
+    ap.add_argument("--head", default="mlp", help="mlp or residual (starts as the identity / PCA)")
+    ap.add_argument("--head-init", default="pca", help="residual head: pca or identity")
+    ap.add_argument(
+        "--distill", type=float, default=0.0, help="weight of the frozen-similarity distillation"
+    )
     ap.add_argument("--train-limit", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
@@ -159,6 +164,7 @@ def main() -> None:
         dropout=args.dropout,
         weight_decay=args.weight_decay,
         tsne_points=0,
+        options={"head": args.head, "head_init": args.head_init, "distill": args.distill},
     )
     base = make_config(settings)
     t = time.perf_counter()

@@ -15,7 +15,7 @@ import torch
 from cbir.heads.learned import LearnedTransform
 from cbir.heads.transform import FrozenTransform
 from cbir.samplers import TRIPLET_SAMPLERS
-from cbir.train.trainer import load_data, make_config, train
+from cbir.train.trainer import evaluate_transform, load_data, make_config, train
 from tests.conftest import needs_fashion
 
 pytestmark = needs_fashion
@@ -115,3 +115,25 @@ def test_losses_with_parameters_train_through_the_trainer(method, data, tmp_path
         json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     ]
     assert rows[-1]["loss"] < rows[0]["loss"], rows
+
+
+def test_the_default_recipe_keeps_the_frozen_recall_on_unseen_classes(data, tmp_path):
+    """The CLI's metric-learning defaults (METRIC_RECIPE: residual head from the PCA,
+    distillation of the frozen similarities, lr 1e-4) trained on 3,000 seen-class images
+    do not lose more than 4 points of Recall@1 on the unseen classes (1,000 queries of
+    classes 5-9, all-vs-all) against the frozen 1280-d features, and lose less than the
+    old defaults (an MLP head on standardised features, lr 1e-3). Measured when written:
+    0.901 new, 0.857 old, 0.930 frozen; the 64-d PCA start, fit to the seen classes and
+    centred on their mean, already costs part of the gap (docs/metric-learning.md)."""
+    from cbir.train.config import METRIC_RECIPE, TRAIN_DEFAULTS
+
+    frozen = evaluate_transform(FrozenTransform(center=True), data)
+    new = train(
+        make_config(**{**CFG, **METRIC_RECIPE}), tmp_path / "new", progress=False, data=data
+    )["metrics"]
+    old_settings = {**CFG, **TRAIN_DEFAULTS, "epochs": METRIC_RECIPE["epochs"]}
+    old = train(make_config(**old_settings), tmp_path / "old", progress=False, data=data)["metrics"]
+    figs = {k: (new[k], old[k], frozen[k]) for k in ("recall@1", "map@r")}
+    print("unseen classes, new recipe / old defaults / frozen:", figs)
+    assert new["recall@1"] >= frozen["recall@1"] - 0.04, figs
+    assert new["recall@1"] > old["recall@1"], figs

@@ -50,10 +50,15 @@ JOINT_FIGURES = tuple(f"{d}_recall@{k}" for d in ("i2t", "t2i") for k in (1, 5, 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one run per code length; print its figures."""
+    from cbir.train.config import METRIC_RECIPE, TRAIN_DEFAULTS
     from cbir.train.registry import FAMILIES, get_method, make_config
     from cbir.train.trainer import train
 
     method = get_method(args.method)
+    defaults = METRIC_RECIPE if method.name == "metric" else TRAIN_DEFAULTS
+    for key, value in defaults.items():  # options not given take the family's defaults
+        if getattr(args, key) is None:
+            setattr(args, key, ",".join(map(str, value)) if key == "hidden" else value)
     bits = _ints(args.bits)
     base = dict(
         dataset=args.dataset,
@@ -82,6 +87,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         tsne_points=args.tsne_points,
         feedback=args.feedback,
         feedback_weight=args.feedback_weight,
+        head=args.head,
+        head_init=args.head_init,
+        distill=args.distill,
     )
     joint = FAMILIES["joint"].names()
     if args.captions and args.method not in joint:
@@ -198,9 +206,19 @@ def register(add: AddCommand) -> None:
         metavar="RUN_DIR",
         help="run directory (config, metrics, checkpoint, plots)",
     )
-    sp.add_argument("--epochs", type=int, default=30, help="passes over the training set")
+    sp.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="passes over the training set (default: 10 for metric learning, else 30)",
+    )
     sp.add_argument("--batch-size", type=int, default=256, help="training batch size")
-    sp.add_argument("--lr", type=float, default=1e-3, help="learning rate of the head")
+    sp.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate of the head (default: 1e-4 for metric learning, else 1e-3)",
+    )
     sp.add_argument(
         "--optimizer",
         default="adam",
@@ -217,8 +235,9 @@ def register(add: AddCommand) -> None:
     sp.add_argument("--weight-decay", type=float, default=1e-5, help="L2 weight decay")
     sp.add_argument(
         "--hidden",
-        default="1024",
-        help="hidden layer widths of the head, e.g. 1024 or '' for linear",
+        default=None,
+        help="hidden layer widths of the head, e.g. 1024 or '' for linear (default: linear for"
+        " metric learning, else 1024)",
     )
     sp.add_argument(
         "--dropout", type=float, default=0.1, help="dropout of the head's hidden layers"
@@ -259,6 +278,28 @@ def register(add: AddCommand) -> None:
         + " (default: random batches)",
     )
     sp.add_argument("--miner", default=None, help="pair/triplet miner (metric learning)")
+    sp.add_argument(
+        "--head",
+        default=None,
+        choices=["mlp", "residual"],
+        help="metric learning: residual (default; starts as the PCA of the centred features)"
+        " or mlp (a plain MLP on standardised features)",
+    )
+    sp.add_argument(
+        "--head-init",
+        default=None,
+        choices=["pca", "identity"],
+        help="residual head: its linear part starts as the PCA (default) or, with --dim 1280,"
+        " the identity",
+    )
+    sp.add_argument(
+        "--distill",
+        type=float,
+        default=None,
+        metavar="WEIGHT",
+        help="metric learning: weight of the distillation of the frozen similarities of each"
+        " batch (default 1.0; 0: off)",
+    )
     sp.add_argument(
         "--memory-bank",
         action="store_true",

@@ -29,6 +29,7 @@ from cbir.codes.registry import code_kind
 from cbir.errors import CbirError
 from cbir.heads.base import l2_normalize
 from cbir.heads.head import Head
+from cbir.heads.residual import build_head
 from cbir.heads.vsepp import encode_texts, text_fingerprint
 from cbir.utils import atomic_write_bytes, sha256_file
 
@@ -82,7 +83,7 @@ class LearnedTransform:
         self.kind: str = ckpt["kind"]
         self.dim: int = int(ckpt["head"]["out_dim"])
         self.method: str = ckpt["method"]
-        self.head = Head(**ckpt["head"])
+        self.head = build_head(ckpt["head"])
         self.head.load_state_dict(ckpt["state"])
         self.head.eval()
         self.mean = ckpt["input"]["mean"].float()

@@ -73,10 +73,37 @@ class MetricOptions(MethodOptions):
     feedback: str | None = None
     feedback_weight: float = 1.0
     finetune: FinetuneOptions | None = None
+    # "mlp" (the plain Head) or "residual" (cbir.heads.residual: starts as the identity / PCA)
+    head: str = "mlp"
+    head_init: str = "pca"  # the residual head's linear part: "pca" or "identity"
+    distill: float = 0.0  # weight of the frozen-similarity distillation (losses.metric.distill)
 
     @property
     def width(self) -> int:
         return self.dim
+
+
+#: The defaults of `cbir train` where the method family is metric learning, chosen on the
+#: seen-class validation of benchmarks/metric_learning.py (docs/metric-learning.md): a
+#: residual head that starts at the PCA of the centred features, with a linear branch,
+#: a small learning rate, and the frozen similarities distilled into every batch.
+METRIC_RECIPE: dict[str, Any] = {
+    "epochs": 10,
+    "lr": 1e-4,
+    "hidden": [],
+    "head": "residual",
+    "head_init": "pca",
+    "distill": 1.0,
+}
+#: The defaults of `cbir train` for every other family.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 30,
+    "lr": 1e-3,
+    "hidden": [1024],
+    "head": "mlp",
+    "head_init": "pca",
+    "distill": 0.0,
+}
 
 
 @dataclass
@@ -168,7 +195,8 @@ class TrainConfig:
         return asdict(self)
 
     def flat(self) -> dict[str, Any]:
-        """The 36-field flat form runs stored before options had a class of their own."""
+        """The 36-field flat form runs stored before options had a class of their own
+        (plus the options added since, where they are not at their default)."""
         out = {k: v for k, v in self.to_dict().items() if k != "options"}
         out.update(FLAT_DEFAULTS)
         opts = asdict(self.options)
@@ -177,6 +205,11 @@ class TrainConfig:
         out["finetune"] = ft is not None
         if ft is not None:
             out.update(ft)
+        # options newer than the flat form appear only where they are not at their default
+        newer = {f.name: f.default for f in fields(self.options) if f.name not in FLAT_DEFAULTS}
+        for k, default in newer.items():
+            if out.get(k) == default:
+                del out[k]
         return out
 
 

@@ -31,6 +31,11 @@ METHODS: dict[str, Method] = {n: m for m in FAMILIES.values() for n in m.names()
 FINETUNE_FIELDS = tuple(f.name for f in fields(FinetuneOptions))
 
 
+def _option_fields() -> set[str]:
+    """Every option field of every family (flat keys any family may read)."""
+    return {f.name for m in FAMILIES.values() for f in fields(m.options)}
+
+
 def register(method: Method) -> None:
     """Add a family of methods (its ``names()`` become ``--method`` values)."""
     FAMILIES[method.name] = method
@@ -57,11 +62,11 @@ def make_config(
     are dropped; ``strict``: unknown keys are an error (else ignored)."""
     d = {**(config or {}), **changes}
     method = get_method(d.get("method", TrainConfig.method))
-    unknown = sorted(set(d) - set(COMMON) - set(FLAT_DEFAULTS) - {"options"})
+    unknown = sorted(set(d) - set(COMMON) - set(FLAT_DEFAULTS) - _option_fields() - {"options"})
     if unknown and strict:
         raise CbirError(f"unknown training setting(s) {', '.join(unknown)}")
     nested = dict(d.get("options") or {})
-    flat = {k: d[k] for k in FLAT_DEFAULTS if k in d}
+    flat = {k: d[k] for k in {*FLAT_DEFAULTS, *_option_fields()} if k in d}
     # the finetune switch: a nested object or None; a flat boolean with its own fields
     ft = nested.pop("finetune", None)
     ft_flat = {k: flat.pop(k) for k in FINETUNE_FIELDS if k in flat}

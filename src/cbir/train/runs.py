@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from cbir.heads.head import Head
 from cbir.heads.learned import FORMAT
 from cbir.train.config import TrainConfig
 from cbir.utils import atomic_write, atomic_write_json
@@ -29,7 +29,7 @@ FINAL = "final.json"
 
 def make_checkpoint(
     cfg: TrainConfig,
-    head: Head,
+    head: nn.Module,
     mean: np.ndarray,
     std: np.ndarray,
     fingerprint: dict[str, Any],

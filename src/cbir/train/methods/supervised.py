@@ -17,10 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cbir.errors import CbirError
 from cbir.heads.head import Head
 from cbir.heads.learned import LearnedTransform
+from cbir.heads.residual import HEADS, ResidualHead
 from cbir.losses.hashing import HASHING_LOSSES, HashingLoss, get_hashing_loss
 from cbir.losses.metric import METRIC_LOSSES, get_metric_loss, get_miner
+from cbir.losses.metric.distill import SimilarityDistillation
 from cbir.samplers import make_sampler
 from cbir.train.config import HashingOptions, MetricOptions, TrainConfig
 from cbir.train.data import TrainData, evaluate_transform
@@ -57,11 +60,13 @@ class SupervisedHead(Trainable):
         std = x_np.std(0) + 1e-6
         if self.finetune is not None:  # features that were constant (dead units) move
             std = self.finetune.input_std(std)
+        if not self.standardise():  # centred only: the head starts at the frozen geometry
+            std = np.ones_like(std)
         self.std = std
         self.x = torch.from_numpy((x_np - self.mean) / std)
         self.y = torch.from_numpy(np.asarray(data.y))
         self.n = len(self.x)
-        self.head = Head(self.x.shape[1], opts.width, cfg.hidden, cfg.dropout, cfg.batchnorm)
+        self.head = self.make_head()
         self.loss_fn = self.make_loss(data.n_classes, self.n)
         params: list[Any] = list(self.head.parameters()) + [
             p for p in self.loss_fn.parameters() if p.requires_grad
@@ -91,6 +96,15 @@ class SupervisedHead(Trainable):
         return {"feedback": self.extra["feedback"]} if "feedback" in self.extra else {}
 
     # ------------------------------------------------------------ the family's part
+    def standardise(self) -> bool:
+        """Whether the head's inputs are scaled to unit variance (else only centred)."""
+        return True
+
+    def make_head(self) -> nn.Module:
+        """The trained head on ``self.x`` (a plain MLP)."""
+        cfg = self.cfg
+        return Head(self.x.shape[1], cfg.options.width, cfg.hidden, cfg.dropout, cfg.batchnorm)
+
     @abstractmethod
     def make_loss(self, n_classes: int, n_train: int) -> nn.Module:
         """The family's loss for ``n_classes`` classes and ``n_train`` training images."""
@@ -183,7 +197,25 @@ class HashingHead(SupervisedHead):
 
 
 class MetricHead(SupervisedHead):
-    """Float embeddings: a pytorch-metric-learning loss, with an optional miner."""
+    """Float embeddings: a pytorch-metric-learning loss, with an optional miner; with
+    ``head="residual"`` a head that starts as the identity / PCA of the centred features
+    (:mod:`cbir.heads.residual`), and with ``distill > 0`` the distillation of the frozen
+    similarities of each batch (:mod:`cbir.losses.metric.distill`)."""
+
+    def standardise(self) -> bool:
+        return self.cfg.options.head == "mlp"  # type: ignore[attr-defined]
+
+    def make_head(self) -> nn.Module:
+        opts: Any = self.cfg.options
+        if opts.head == "mlp":
+            return super().make_head()
+        if opts.head != "residual":
+            raise CbirError(f"unknown --head {opts.head!r}; use {' or '.join(HEADS)}")
+        head = ResidualHead(
+            self.x.shape[1], opts.dim, self.cfg.hidden, self.cfg.dropout, self.cfg.batchnorm
+        )
+        head.initialise(opts.head_init, self.x)
+        return head
 
     def make_loss(self, n_classes: int, n_train: int) -> nn.Module:
         opts: Any = self.cfg.options
@@ -195,7 +227,16 @@ class MetricHead(SupervisedHead):
 
     def loss(self, u: Tensor, it: Tensor) -> Tensor:
         y = self.y[it]
-        return self.loss_fn(u, y, None if self.miner is None else self.miner(u, y))
+        loss = self.loss_fn(u, y, None if self.miner is None else self.miner(u, y))
+        weight = float(self.cfg.options.distill)  # type: ignore[attr-defined]
+        if weight > 0:  # the frozen (centred) features of the batch: x * std
+            frozen = self.x[it] * self._std_t
+            loss = loss + SimilarityDistillation(weight)(u, frozen)
+        return loss
+
+    @property
+    def _std_t(self) -> Tensor:
+        return torch.from_numpy(np.asarray(self.std, np.float32))
 
 
 class _SupervisedMethod(Method):

@@ -1,0 +1,99 @@
+"""Heads that start as the identity (cbir.heads.residual) on real Fashion-MNIST pixels:
+before any step the embedding is the centred input, normalised (identity), or its
+projection on the top principal axes (PCA); checkpoints of both head types load."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from cbir.errors import CbirError
+from cbir.heads.base import l2_normalize
+from cbir.heads.head import Head
+from cbir.heads.learned import LearnedTransform
+from cbir.heads.residual import ResidualHead, build_head, principal_axes
+from cbir.train.data import TrainData
+from cbir.train.methods.supervised import MetricHead
+from cbir.train.registry import make_config
+from tests.conftest import FASHION_ROOT, needs_fashion
+
+pytestmark = needs_fashion
+
+
+@pytest.fixture(scope="module")
+def pixels() -> tuple[np.ndarray, np.ndarray]:
+    """400 real Fashion-MNIST test images as 784-d float rows, and their labels."""
+    from cbir.data.idx import read_idx
+
+    x = read_idx(FASHION_ROOT / "t10k-images-idx3-ubyte.gz")[:400].reshape(400, -1)
+    y = read_idx(FASHION_ROOT / "t10k-labels-idx1-ubyte.gz")[:400].astype(np.int64)
+    return x.astype(np.float32) / 255.0, y
+
+
+def data_of(x: np.ndarray, y: np.ndarray) -> TrainData:
+    return TrainData(
+        x=x,
+        y=y,
+        n_classes=10,
+        query=x[:50],
+        query_labels=y[:50],
+        database=None,
+        database_labels=None,
+        protocol=None,
+        fingerprint={"model": "pixels"},
+    )
+
+
+def untrained(x: np.ndarray, y: np.ndarray, **options: Any) -> LearnedTransform:
+    """The transform of a metric head's checkpoint before its first step."""
+    torch.manual_seed(0)
+    cfg = make_config(method="triplet", miner="batch-hard", hidden=[64], **options)
+    model = MetricHead(cfg, data_of(x, y), show=False)
+    return LearnedTransform(model.checkpoint({}))
+
+
+def test_the_identity_head_embeds_the_centred_feature_normalised(pixels):
+    x, y = pixels
+    t = untrained(x, y, dim=784, head="residual", head_init="identity", distill=1.0)
+    want = l2_normalize(x - x.mean(0))
+    assert t.head.config["type"] == "residual" and t.dim == 784
+    np.testing.assert_allclose(t(x), want, atol=1e-5)
+
+
+def test_the_pca_head_embeds_the_projection_on_the_principal_axes(pixels):
+    x, y = pixels
+    t = untrained(x, y, dim=32, head="residual", head_init="pca")
+    xc = x - x.mean(0)
+    axes = principal_axes(torch.from_numpy(x), 32).numpy()
+    np.testing.assert_allclose(t(x), l2_normalize(xc @ axes.T), atol=1e-4)
+    # the axes are orthonormal and ordered by variance
+    np.testing.assert_allclose(axes @ axes.T, np.eye(32), atol=1e-4)
+    var = (xc @ axes.T).var(0)
+    assert np.all(np.diff(var) <= 1e-4)
+    # a plain MLP head is not the identity: the residual head is what makes it so
+    mlp = untrained(x, y, dim=32)
+    assert not np.allclose(mlp(x) @ mlp(x).T, t(x) @ t(x).T, atol=1e-2)
+
+
+def test_bad_residual_settings_are_clear_errors(pixels):
+    x, y = pixels
+    with pytest.raises(CbirError, match="--head-init identity needs --dim 784"):
+        untrained(x, y, dim=32, head="residual", head_init="identity")
+    with pytest.raises(CbirError, match="at most 784 dimensions"):
+        untrained(x, y, dim=1000, head="residual")
+    with pytest.raises(CbirError, match="unknown --head 'nope'"):
+        untrained(x, y, dim=32, head="nope")
+
+
+def test_build_head_reads_both_checkpoint_forms():
+    old = Head(6, 4, [8]).config  # runs written before heads had a type
+    assert "type" not in old and isinstance(build_head(old), Head)
+    res = ResidualHead(6, 4, [8])
+    again = build_head(res.config)
+    assert isinstance(again, ResidualHead)
+    again.load_state_dict(res.state_dict())
+    with pytest.raises(CbirError, match="unknown head type 'x'"):
+        build_head({**old, "type": "x"})
