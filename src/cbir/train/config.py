@@ -207,12 +207,15 @@ class TrainConfig:
             out.update(ft)
         # options newer than the flat form appear only where they are not at their default
         newer = {f.name: f.default for f in fields(self.options) if f.name not in FLAT_DEFAULTS}
+        newer.update({f.name: f.default for f in fields(self) if f.name in NEWER_COMMON})
         for k, default in newer.items():
-            if out.get(k) == default:
+            if k in out and out[k] == default:
                 del out[k]
         return out
 
 
+#: Common fields added after the flat form (issue 17 splits): in it only when not at default.
+NEWER_COMMON = ("split", "eval_on_train", "train_fraction")
 #: The method fields of the old flat config, with their defaults.
 FLAT_DEFAULTS: dict[str, Any] = {
     "bits": 64,
