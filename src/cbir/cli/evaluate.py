@@ -23,8 +23,10 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate and print (or write) the figures."""
-    from cbir.eval.report import dumps, metric_label, write_report
+    from cbir.eval.report import dumps, metric_label, require_plots, write_report
 
+    if args.report:
+        require_plots()
     progress = False if args.json else None
     if (args.dataset is None) == (args.index is None):
         raise CbirError(

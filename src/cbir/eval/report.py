@@ -20,10 +20,22 @@ from typing import Any
 import numpy as np
 
 from cbir.codes.registry import code_kind
+from cbir.errors import CbirError
 from cbir.utils import atomic_write_bytes, atomic_write_json
 
 
+def require_plots() -> None:
+    """Raise a :class:`CbirError` naming the extra when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CbirError(
+            "--report draws its plots with matplotlib: pip install 'cbir[plots]'"
+        ) from None
+
+
 def _plt():
+    require_plots()
     import matplotlib
 
     matplotlib.use("Agg")

@@ -42,7 +42,15 @@ def _frozen(spec: dict[str, Any], root: Path | None) -> FrozenTransform:
 
 def _learned(spec: dict[str, Any], root: Path | None) -> Transform:
     # imported here so that searching with the frozen backbone does not import torch
-    from cbir.heads.learned import load_learned
+    try:
+        from cbir.heads.learned import load_learned
+    except ModuleNotFoundError as e:
+        if e.name is not None and e.name.split(".")[0] == "torch":
+            raise CbirError(
+                "this index applies a learned head (cbir train), which needs torch:"
+                " pip install 'cbir[train]'"
+            ) from None
+        raise
 
     return load_learned(spec, root)
 

@@ -116,12 +116,9 @@ def cached_text_embeddings(texts: Sequence[str], progress: bool | None = False) 
 @lru_cache(maxsize=1)
 def _imagenet_classifier() -> tuple[np.ndarray, np.ndarray]:
     """The backbone's ImageNet classifier (weight ``(1000, 1280)``, bias) on pooled features."""
-    from cbir.backbones.efficientnet_lite import load_torch_model
+    from cbir.backbones.efficientnet_lite import imagenet_classifier
 
-    fc = load_torch_model()._fc
-    return fc.weight.detach().numpy().astype(np.float32), fc.bias.detach().numpy().astype(
-        np.float32
-    )
+    return imagenet_classifier()
 
 
 def imagenet_class_names() -> list[str]:

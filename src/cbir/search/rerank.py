@@ -126,8 +126,11 @@ def _normalize(x: Any) -> Any:
 
 def _bmm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Batched float32 matrix products (torch.bmm: numpy's stacked matmul and many small
-    BLAS calls are orders of magnitude slower here)."""
-    import torch
+    BLAS calls are orders of magnitude slower here); numpy's without torch."""
+    try:
+        import torch
+    except ImportError:  # the base install: same products, slower
+        return np.matmul(np.asarray(a, np.float32), np.asarray(b, np.float32))
 
     ta = torch.from_numpy(np.ascontiguousarray(a, np.float32))
     tb = torch.from_numpy(np.ascontiguousarray(b, np.float32))

@@ -294,11 +294,14 @@ def search_text(
         hits = metadata_search(store, text, k, where) if metadata.has_text(store.conn) else []
         if len(hits) < k:
             seen = {h.id for h in hits}
-            more = (
-                joint_search(searcher, text, k + len(hits), where)
-                if has_joint(store.root)
-                else (class_search(store, text, k + len(hits), where))
-            )
+            from cbir.backbones.minilm import available
+
+            if has_joint(store.root):
+                more = joint_search(searcher, text, k + len(hits), where)
+            elif hits and not available():  # base install: metadata hits only (cbir[text])
+                more = []
+            else:
+                more = class_search(store, text, k + len(hits), where)
             hits += [h for h in more if h.id not in seen][: k - len(hits)]
     for i, h in enumerate(hits[:k], start=1):
         h.rank = i
