@@ -96,8 +96,13 @@ sys.meta_path.insert(0, Block())
 def test_commands_and_the_backbone_export_run_with_torch_blocked(
     photos_dir: Path, tmp_path: Path
 ) -> None:
-    """`cbir index` (with the first ONNX export, into an empty cache) and `cbir search`
-    run, and the service app builds, in a process where importing torch fails."""
+    """`cbir index` (with the first ONNX export, into an empty cache), `cbir search` and
+    `cbir evaluate` run, and the service app builds, in a process where importing torch
+    fails."""
+    folder = tmp_path / "folder"  # an ImageFolder of two classes for evaluate
+    for i, p in enumerate(sorted(photos_dir.rglob("*.*"))[:8]):
+        (folder / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        (folder / f"c{i % 2}" / p.name).write_bytes(p.read_bytes())
     script = BLOCKER.format(blocked=BLOCKED) + textwrap.dedent(
         f"""
         import contextlib, io, json
@@ -110,10 +115,15 @@ def test_commands_and_the_backbone_export_run_with_torch_blocked(
             rc = main(["search", {str(tmp_path / "idx")!r},
                        {str(next(photos_dir.glob("*.png")))!r}, "--json"])
         assert rc in (0, None), rc
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = main(["evaluate", "--dataset", {str(folder)!r}, "--size", "64", "--json"])
+        assert rc in (0, None), rc
+        evaluated = json.loads(out.getvalue())
         from cbir.service.app import create_app
         app = create_app({str(tmp_path / "idx")!r})
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-        print(json.dumps({{"search": json.loads(out.getvalue()), "heavy": heavy}}))
+        print(json.dumps({{"evaluate": evaluated, "heavy": heavy}}))
         """
     )
     env = dict(os.environ, CBIR_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(ROOT / "src"))
@@ -123,8 +133,12 @@ def test_commands_and_the_backbone_export_run_with_torch_blocked(
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["heavy"] == []
-    exports = [p.name for p in (tmp_path / "cache" / "backbones").iterdir()]
-    assert len(exports) == 1 and exports[0].endswith("-224px-u8-opset17-g1.onnx"), exports
+    assert res["evaluate"]["n_queries"] == 8 and 0 <= res["evaluate"]["metrics"]["nmi"] <= 1
+    exports = sorted(p.name for p in (tmp_path / "cache" / "backbones").iterdir())
+    assert [e.split("-", 3)[-1] for e in exports] == [
+        "224px-u8-opset17-g1.onnx",
+        "64px-u8-opset17-g1.onnx",
+    ], exports
     assert "blocked" not in r.stderr
 
 
@@ -272,7 +286,7 @@ def test_report_plots_without_matplotlib_name_the_extra(monkeypatch: pytest.Monk
     from cbir.eval.report import require_plots
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(CbirError, match=r"--report .*pip install 'cbir\[plots\]'"):
+    with pytest.raises(CbirError, match=r"evaluate --out .*pip install 'cbir\[plots\]'"):
         require_plots()
 
 

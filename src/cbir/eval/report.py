@@ -30,7 +30,7 @@ def require_plots() -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise CbirError(
-            "--report draws its plots with matplotlib: pip install 'cbir[plots]'"
+            "cbir evaluate --out draws its plots with matplotlib: pip install 'cbir[plots]'"
         ) from None
 
 
