@@ -70,6 +70,8 @@ class IndexSummary:
     repaired: int = 0
     #: rows whose features were lost and whose file is gone or unreadable: removed
     lost: list[dict[str, Any]] = field(default_factory=list)
+    #: Folders indexed before that are gone (moved, deleted, not mounted): --prune keeps their rows.
+    missing_roots: list[str] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     total: int = 0
     seconds: float = 0.0
@@ -114,6 +116,11 @@ class IndexSummary:
             )
         if len(self.failed) > 50:
             out.append(f"  ... and {len(self.failed) - 50} more (see --json)")
+        for r in self.missing_roots:
+            out.append(
+                f"  kept the rows under {r}: the folder is gone (not mounted?);"
+                f" `cbir prune {self.index_dir}` drops files gone anywhere"
+            )
         return out
 
 
@@ -343,6 +350,11 @@ def index_folder(
     found = find_images(root)
     files = [p for p in found if not collection.excluded(p, root, exclude)]
     if not files and not IndexStore.exists(index_dir):
+        if found:
+            raise CbirError(
+                f"{images_dir}: all {len(found)} images match --exclude {' '.join(exclude)};"
+                " nothing to index"
+            )
         raise CbirError(
             f"{images_dir}: no images found (looked for jpg, png, webp, bmp, gif, tiff)"
         )
@@ -370,8 +382,10 @@ def index_folder(
         sweep: list[str] | None = None  # the folders whose stale rows are dropped
         if prune is None:
             sweep = [str(root)]
-        elif prune:
-            sweep = sorted({str(root), *collection.roots(store)})
+        elif prune:  # every recorded folder that is still there (a gone one may be unmounted)
+            known = collection.roots(store)
+            summary.missing_roots = [r for r in known if r != str(root) and not os.path.isdir(r)]
+            sweep = sorted({str(root), *known} - set(summary.missing_roots))
         refit = _unfitted(store) if refit_center else None  # refused before any embedding
         _index_files(
             store,

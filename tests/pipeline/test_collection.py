@@ -107,6 +107,22 @@ def test_prune_reaches_every_indexed_root_default_only_this_one_no_prune_none(li
     assert code == 0 and set(rows(idx)) == {str(p) for p in [*trip.iterdir(), *home.iterdir()]}
 
 
+def test_prune_keeps_the_rows_of_a_folder_that_is_gone_whole(library, tmp_path, capsys):
+    """A recorded folder that is not there at all may be an unmounted disk: --prune keeps
+    its rows and says so; `cbir prune` is the explicit way to drop them."""
+    idx = tmp_path / "idx"
+    trip, home = library / "trip", library / "home"
+    index_folder(trip, idx, progress=False)
+    index_folder(home, idx, progress=False)
+    unmounted = tmp_path / "unmounted"
+    trip.rename(unmounted)
+    assert main(["index", str(home), "--index", str(idx), "--prune"]) == 0
+    out = capsys.readouterr().out
+    assert f"kept the rows under {trip}: the folder is gone" in out and len(rows(idx)) == 6
+    unmounted.rename(trip)  # mounted again: nothing was lost
+    assert index_folder(trip, idx, progress=False).unchanged == 3
+
+
 def test_exclude_keeps_files_out_and_prunes_their_rows(library, tmp_path, capsys):
     idx = tmp_path / "idx"
     code = main(["index", str(library), "--index", str(idx), "--exclude", "trip", "--json"])
@@ -121,6 +137,11 @@ def test_exclude_keeps_files_out_and_prunes_their_rows(library, tmp_path, capsys
     assert s.removed == 0 and len(rows(idx)) == 6  # --no-prune keeps excluded rows
     s = index_folder(library, idx, progress=False, exclude=[first])
     assert s.removed == 1 and not any(p.endswith("/" + first) for p in rows(idx))
+
+
+def test_excluding_every_image_is_a_clear_error(library, tmp_path, capsys):
+    assert main(["index", str(library), str(tmp_path / "idx"), "--exclude", "*.*"]) == 1
+    assert "all 6 images match --exclude *.*; nothing to index" in capsys.readouterr().err
 
 
 def test_exclude_globs():

@@ -127,8 +127,9 @@ def register(add: AddCommand) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="drop the rows whose files are gone (or match --exclude) under every folder"
-        " indexed into INDEX so far; without either flag only under IMAGES_DIR; --no-prune"
-        " keeps them all (`cbir prune INDEX` drops files gone anywhere)",
+        " indexed into INDEX so far that is still there (one gone whole may be an unmounted"
+        " disk: kept); without either flag only under IMAGES_DIR; --no-prune keeps them all"
+        " (`cbir prune INDEX` drops files gone anywhere)",
     )
     sp.add_argument(
         "--exclude",

@@ -262,7 +262,7 @@ class FaultLab:
             str(index),
             "--size",
             str(self.size),
-            "--workers",
+            "--decode-threads",
             "1",
         ]
 

@@ -106,7 +106,7 @@ def index_door(
                     str(index),
                     "--size",
                     str(size),
-                    "--workers",
+                    "--decode-threads",
                     "1",
                     "--json",
                 ],
