@@ -76,6 +76,9 @@ def test_one_name_per_concept_old_spellings_hidden_aliases():
     assert parse("evaluate", "--dataset", "d", "--query-limit", "5").query_limit == 5
     assert parse("evaluate", "--dataset", "d", "--limit-queries", "5").query_limit == 5
     assert parse("evaluate", "--dataset", "d").query_limit is None
+    cal = ("calibrate", "I", "--dataset", "d")
+    assert parse(*cal, "--image-limit", "5").image_limit == parse(*cal, "--limit", "5").image_limit
+    assert parse(*cal).image_limit == 4000
     helps = {n: sp.format_help() for n, sp in subparsers().items()}
     assert "--workers" not in helps["index"] and "--decode-threads" in helps["index"]
     assert "--limit-queries" not in helps["evaluate"] and "--query-limit" in helps["evaluate"]

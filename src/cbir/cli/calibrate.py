@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from cbir.cli.common import AddCommand, add_index_argument
+from cbir.cli.common import AddCommand, add_alias, add_index_argument
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -18,7 +18,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         args.dataset,
         args.precision,
         args.seed,
-        args.limit,
+        args.image_limit,
         progress=False if args.json else None,
     )
     if args.json:
@@ -51,8 +51,13 @@ def register(add: AddCommand) -> None:
     )
     sp.add_argument("--seed", type=int, default=0, help="seed of the class and image split")
     sp.add_argument(
-        "--limit", type=int, default=4000, help="images of the dataset used (default 4000)"
+        "--image-limit",
+        type=int,
+        default=4000,
+        metavar="N",
+        help="calibrate on a random subset of N images of the dataset",
     )
+    add_alias(sp, "--limit", "image_limit", type=int)  # its name before issue 18
     sp.add_argument(
         "--json", action="store_true", help="print the threshold and its figures as JSON"
     )
