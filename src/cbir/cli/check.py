@@ -1,4 +1,4 @@
-"""``cbir check INDEX_DIR``: the integrity check, exit 1 when the index is broken."""
+"""``cbir check INDEX``: the integrity check, exit 1 when the index is broken."""
 
 from __future__ import annotations
 
