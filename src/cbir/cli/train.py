@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cbir.cli.common import AddCommand
+from cbir.codes.registry import code_kind
 from cbir.errors import CbirError
 
 
@@ -112,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     progress = False if args.json else None
     out = Path(args.out)
     configs = [make_config(base, bits=b) for b in bits]
-    if configs[0].kind() != "binary":  # one run of --dim
+    if code_kind(configs[0].kind()).width_option != "bits":  # one run of --dim
         configs = configs[:1]
     method.prepare(configs[0])  # a bad option fails before any features are computed
     data = method.load_data(configs[0], progress=progress)

@@ -55,6 +55,13 @@ class CodeKind(ABC):
     float_queries: ClassVar[bool] = True
     #: The Milvus vector field type of these codes (None: Milvus cannot store them).
     milvus_vector: ClassVar[str | None] = "FLOAT_VECTOR"
+    #: What a code's length is called in options and results (``--dim`` or ``--bits``).
+    width_option: ClassVar[str] = "dim"
+
+    def scans_everything(self, index_type: str) -> bool:
+        """Whether a search of this index type scores every stored code (its cost grows
+        with the collection): the exact float scan; binary and sparse indexes are not."""
+        return False
 
     # ---------------------------------------------------------------- codes
     def describe(self, dim: int) -> str:

@@ -20,6 +20,7 @@ class BinaryCodes(CodeKind):
 
     name: ClassVar[str] = "binary"
     ext: ClassVar[str] = "bidx"
+    width_option: ClassVar[str] = "bits"
     default_index_type: ClassVar[str] = "BFlat"
     exact_type: ClassVar[str] = "BFlat"
     metric: ClassVar[str] = "hamming"

@@ -20,6 +20,9 @@ class FloatCodes(CodeKind):
     default_index_type: ClassVar[str] = "Flat"
     exact_type: ClassVar[str] = "Flat"
 
+    def scans_everything(self, index_type: str) -> bool:
+        return not any(t in index_type.upper() for t in ("HNSW", "IVF", "NSG", "LSH"))
+
     def as_codes(self, codes: Any) -> np.ndarray:
         return np.ascontiguousarray(codes, np.float32)
 

@@ -30,6 +30,7 @@ from fastapi import UploadFile
 from PIL import Image
 
 from cbir import ops
+from cbir.codes.registry import KINDS
 from cbir.data.images import MAX_BYTES, SNIFF_BYTES, decode, sniff
 from cbir.errors import CbirError, ImageError
 from cbir.index import collection
@@ -152,9 +153,8 @@ class Service:
         self._feedback_store: Any = None
         index_type = str(self.store.config.get("index_type", ""))
         #: Brute-force float search: its cost grows with the index (see :meth:`inline_ok`).
-        self._exhaustive = self.store.config.get("kind", "float") == "float" and not any(
-            t in index_type.upper() for t in ("HNSW", "IVF", "NSG", "LSH")
-        )
+        kind = KINDS.get(str(self.store.config.get("kind", "float")))
+        self._exhaustive = kind is not None and kind.scans_everything(index_type)
 
     # ------------------------------------------------------------ embedding
     @property

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cbir.codes.registry import code_kind
 from cbir.errors import CbirError
 from cbir.heads.learned import CHECKPOINT, LearnedTransform, save_checkpoint
 from cbir.train.config import TrainConfig
@@ -88,7 +89,7 @@ def train(
         "protocol": name,
         "model": str(run),
         "method": cfg.method,
-        "bits" if cfg.kind() == "binary" else "dim": cfg.options.width,
+        code_kind(cfg.kind()).width_option: cfg.options.width,
         "train_seconds": round(seconds, 2),
         **method.summary(data, model),
     }
