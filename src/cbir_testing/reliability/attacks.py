@@ -442,6 +442,45 @@ class AttackLab:
             parent.fail(f"{missing} was created")
         return [untrainable, parent]
 
+    def lost_features(self) -> list[Outcome]:
+        """A ``features-*.npy`` segment deleted or truncated (issue 16 item 5): a re-run of
+        ``cbir index`` on the same folder, or ``cbir repair``, must re-embed the lost rows
+        (same ids) so that ``cbir check`` passes; success over a broken index fails."""
+        outs = []
+        for how in ("delete", "truncate"):
+            for fix in ("index", "repair"):
+                out = Outcome()
+                photos, index = self.copy(f"lost-{how}-{fix}")
+                ids_before = sorted(r[0] for r in _ids(index))
+                seg = sorted(index.glob("features-*.npy"))[0]
+                if how == "delete":
+                    seg.unlink()
+                else:
+                    seg.write_bytes(seg.read_bytes()[: seg.stat().st_size // 2])
+                if fix == "index":
+                    code, err = cli("index", str(photos), "--index", str(index))
+                else:
+                    code, err = cli("repair", str(index))
+                if code != 0 or "Traceback" in err:
+                    out.fail(f"cbir {fix} after a {how}d segment: exit {code}, {err[-200:]!r}")
+                code, err = cli("check", str(index), "--no-hashes")
+                if code != 0:
+                    out.fail(f"cbir check after cbir {fix}: exit {code}, {err[-200:]!r}")
+                if sorted(r[0] for r in _ids(index)) != ids_before:
+                    out.fail(f"ids changed by cbir {fix}")
+                outs.append(out)
+        return outs
+
+
+def _ids(index: Path) -> list[Any]:
+    from cbir.index.store import IndexStore
+
+    store = IndexStore.open(index)
+    try:
+        return list(store.conn.execute("SELECT id FROM images"))
+    finally:
+        store.close()
+
 
 def _feedback_rows(index: Path) -> list[Any]:
     from cbir.index.store import IndexStore
@@ -468,6 +507,7 @@ def attack_tallies(workdir: Path, log: Log) -> list[Tally]:
         ("--where attacks (huge integers, deep nesting): CLI and HTTP", lab.where_filters),
         ("damaged meta.sqlite (flipped bytes, no backbone)", lab.damaged_store),
         ("untrainable --index-type; index into a missing parent", lab.bad_index_type),
+        ("features segment deleted or truncated: cbir index / cbir repair", lab.lost_features),
     ]
     out = []
     for name, run in plan:
