@@ -9,22 +9,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-PHOTOS = [
-    "astronaut",
-    "camera",
-    "chelsea",
-    "coffee",
-    "coins",
-    "horse",
-    "moon",
-    "page",
-    "rocket",
-    "text",
-    "immunohistochemistry",
-    "hubble_deep_field",
-    "logo",
-]
+from cbir_testing.reliability.corpus import PHOTOS
+
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
+
+#: The Fashion-MNIST subsets the training and re-ranking tests share (64 px), so that their
+#: features are embedded once per session.
+FASHION_SMALL: dict = dict(
+    dataset="fashion-mnist",
+    size=64,
+    train_limit=3000,
+    query_limit=500,
+    database_limit=3000,
+    epochs=8,
+    eval_every=4,
+    batch_size=128,
+)
 
 
 def photo_arrays() -> dict[str, np.ndarray]:

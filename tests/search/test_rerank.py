@@ -17,19 +17,9 @@ from cbir.search.rerank import (
     rerank_scorer,
     search_reranked,
 )
-from tests.conftest import needs_fashion
+from tests.conftest import FASHION_SMALL, needs_fashion
 
-# the subsets tests/train uses: features are embedded once per session
-SMALL = dict(
-    dataset="fashion-mnist",
-    size=64,
-    train_limit=3000,
-    query_limit=500,
-    database_limit=3000,
-    epochs=8,
-    eval_every=4,
-    batch_size=128,
-)
+SMALL = FASHION_SMALL
 
 
 @pytest.fixture(scope="module")

@@ -17,21 +17,11 @@ import scipy.sparse as sp
 
 from cbir.heads.learned import LearnedTransform, load_checkpoint
 from cbir.train.trainer import load_data, make_config, train
-from tests.conftest import needs_fashion
+from tests.conftest import FASHION_SMALL, needs_fashion
 
 pytestmark = needs_fashion
 
-# the subsets tests/train/test_train.py uses: embedded once per session
-SMALL = dict(
-    dataset="fashion-mnist",
-    size=64,
-    train_limit=3000,
-    query_limit=500,
-    database_limit=3000,
-    epochs=8,
-    eval_every=4,
-    batch_size=128,
-)
+SMALL = FASHION_SMALL
 
 
 @pytest.fixture(scope="module", autouse=True)

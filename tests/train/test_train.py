@@ -13,21 +13,11 @@ import pytest
 
 from cbir.heads.learned import LearnedTransform, load_checkpoint
 from cbir.train.trainer import load_data, make_config, train
-from tests.conftest import needs_fashion
+from tests.conftest import FASHION_SMALL, needs_fashion
 
 pytestmark = needs_fashion
 
-SMALL = dict(
-    dataset="fashion-mnist",
-    size=64,
-    train_limit=3000,
-    query_limit=500,
-    database_limit=3000,
-    epochs=8,
-    eval_every=4,
-    batch_size=128,
-    tsne_points=0,  # t-SNE maps: tests/train/test_plots.py
-)
+SMALL = dict(FASHION_SMALL, tsne_points=0)  # t-SNE maps: tests/train/test_plots.py
 
 
 @pytest.fixture(scope="module")
