@@ -20,6 +20,7 @@ import os
 import threading
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -190,7 +191,26 @@ def onnx_path(
     return path
 
 
-class EfficientNetLite0(ImageBackbone):
+class ExportSession(ImageBackbone):
+    """A backbone run by an onnxruntime ``session`` of this module's export (or a graph of
+    the same interface, e.g. its int8 quantisation): uint8 NHWC ``images`` in, ``features``
+    and ImageNet ``logits`` out."""
+
+    session: Any
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Features ``(n, 1280)`` and ImageNet logits ``(n, 1000)`` of a preprocessed batch
+        (``(n, size, size, 3)`` uint8, as :class:`Preprocess` returns)."""
+        feats, logits = self.session.run(None, {"images": np.ascontiguousarray(batch, np.uint8)})
+        return feats, logits
+
+    def classify(self, images, k: int = 5) -> list[list[list[float]]]:
+        """Top-k ImageNet ``[class, probability]`` pairs per image (see :meth:`batch`)."""
+        b = self.batch(images)
+        return top_classes(self.run(b)[1], k) if len(b) else []
+
+
+class EfficientNetLite0(ExportSession):
     """Frozen EfficientNet-Lite0 feature extractor on onnxruntime.
 
     Args:
@@ -226,17 +246,6 @@ class EfficientNetLite0(ImageBackbone):
             "dim": self.dim,
             "preprocess": self.preprocess.to_dict(),
         }
-
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Features ``(n, 1280)`` and ImageNet logits ``(n, 1000)`` of a preprocessed batch
-        (``(n, size, size, 3)`` uint8, as :class:`Preprocess` returns)."""
-        feats, logits = self.session.run(None, {"images": np.ascontiguousarray(batch, np.uint8)})
-        return feats, logits
-
-    def classify(self, images, k: int = 5) -> list[list[list[float]]]:
-        """Top-k ImageNet ``[class, probability]`` pairs per image (see :meth:`batch`)."""
-        b = self.batch(images)
-        return top_classes(self.run(b)[1], k) if len(b) else []
 
 
 @lru_cache(maxsize=8)
