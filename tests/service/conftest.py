@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shutil
-import signal
 import struct
 import subprocess
-import sys
 import threading
 import zlib
 from collections.abc import Iterator
@@ -20,6 +17,7 @@ import pytest
 from PIL import Image
 
 from cbir.pipeline import index_folder
+from cbir_testing.loadgen import ServerProcess
 
 KEY = "test-key-0123456789abcdef"
 #: The host names the tests' in-process clients send (TestClient's "testserver").
@@ -103,28 +101,13 @@ def live_server(app) -> Iterator[str]:
 
 @contextlib.contextmanager
 def serve_process(index: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Run `cbir serve INDEX --port 0 ...` in a subprocess; yields (base URL, process)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cbir.cli", "serve", str(index), "--port", "0", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("cbir: serving "), line + proc.stderr.read()
-        url = line.split(" on ", 1)[1].split()[0].rstrip("/")
-        yield url, proc
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, proc.stderr.read()
+    """Run `cbir serve INDEX --port 0 ...` in a subprocess; yields (base URL, process).
+
+    The server must start, and exit with status 0 when stopped (SIGINT)."""
+    with ServerProcess(index, *extra, startup_timeout_s=300) as srv:
+        assert srv.proc is not None
+        yield srv.url, srv.proc
+    assert srv.proc.returncode == 0, srv.stderr()
 
 
 @contextlib.contextmanager

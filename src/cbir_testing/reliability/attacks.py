@@ -11,9 +11,7 @@ traceback, an unbounded amount of memory or disk).
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import sqlite3
 import struct
 import subprocess
@@ -103,30 +101,6 @@ def peak_rss_growth(url: str, pid: int, body: bytes, n: int = 8) -> tuple[int, l
     for t in threads:
         t.join()
     return proc_bytes(pid, "VmHWM") - before, statuses
-
-
-@contextlib.contextmanager
-def serve(index: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """A real ``cbir serve INDEX --port 0`` process: (base URL, process)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cbir.cli", "serve", str(index), "--port", "0", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        if not line.startswith("cbir: serving "):
-            raise RuntimeError(f"cbir serve did not start: {line}")
-        yield line.split(" on ", 1)[1].split()[0].rstrip("/"), proc
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def cli(*argv: str, timeout: float = 300) -> tuple[int, str]:
@@ -249,12 +223,15 @@ class AttackLab:
             out.note = "not measured: no /proc"
             return [out]
         bound = DEFAULT_DECODE_SLOTS * 80 * MiB + 100 * MiB
-        with serve(self.index) as (url, proc):
+        from cbir_testing.loadgen import ServerProcess
+
+        with ServerProcess(self.index) as srv:
+            url = srv.url
             import httpx
 
             with httpx.Client(base_url=url, timeout=300) as c:
                 c.post("/search", files={"file": ("w.jpg", self.query.read_bytes())})
-            growth, statuses = peak_rss_growth(url, proc.pid, transparent_bitmap_png())
+            growth, statuses = peak_rss_growth(url, srv.pid, transparent_bitmap_png())
         log(f"  8 PNG bombs: peak RSS +{growth / MiB:.0f} MiB (bound {bound / MiB:.0f} MiB)")
         out.note = f"peak RSS +{growth // MiB} MiB (bound {bound // MiB})"
         if growth >= bound:
