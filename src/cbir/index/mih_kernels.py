@@ -139,13 +139,36 @@ if HAVE_NUMBA:
             _nb_sift_down(hd, hi, hp, 0, end)
 
     @_jit
+    def _nb_dist(codes, j, qw):
+        """Hamming distance between row ``j`` of ``codes`` and the query words ``qw``."""
+        d = 0
+        for w in range(qw.shape[0]):
+            d += np.int64(_popc(codes[j, w] ^ qw[w]))
+        return d
+
+    @_jit
+    def _nb_next_mask(x):
+        """The next larger value with as many bits set as ``x`` (Gosper's hack)."""
+        c = x & -x
+        y = x + c
+        return (((y ^ x) >> 2) // c) | y
+
+    @_jit
+    def _nb_append(out, cnt, p, d):
+        """Store the pair (p, d) at slot ``cnt`` of ``out``, grown when full; returns ``out``."""
+        if 2 * cnt + 2 > out.shape[0]:
+            grown = np.empty(2 * out.shape[0], np.int64)
+            grown[: 2 * cnt] = out[: 2 * cnt]
+            out = grown
+        out[2 * cnt] = p
+        out[2 * cnt + 1] = d
+        return out
+
+    @_jit
     def _nb_scan(lo, hi_, qw, k, size, words, alive, ids, hd, hi, hp):
         for p in range(lo, hi_):
             if alive[p]:
-                d = 0
-                for w in range(qw.shape[0]):
-                    d += np.int64(_popc(words[p, w] ^ qw[w]))
-                size = _nb_push(hd, hi, hp, size, k, d, ids[p], p)
+                size = _nb_push(hd, hi, hp, size, k, _nb_dist(words, p, qw), ids[p], p)
         return size
 
     @_jit
@@ -178,10 +201,7 @@ if HAVE_NUMBA:
                 h += np.int64(_popc((tcodes[j, w] ^ qw[w]) & tmask[u, w]))
             if h < r or (h == r and u < t):
                 return -1
-        d = 0
-        for w in range(qw.shape[0]):
-            d += np.int64(_popc(tcodes[j, w] ^ qw[w]))
-        return d
+        return _nb_dist(tcodes, j, qw)
 
     @_jit
     def _nb_knn_one(
@@ -219,7 +239,6 @@ if HAVE_NUMBA:
         if ni == 0:
             return size
         m = lengths.shape[0]
-        W = qw.shape[0]
         minlen = lengths.min()
         cost = 0
         seen = 0
@@ -243,9 +262,7 @@ if HAVE_NUMBA:
                             ):
                                 cost -= 2 * (j1 - j)  # the rest of the bucket is not read
                                 break
-                            d = 0
-                            for w in range(W):
-                                d += np.int64(_popc(tcodes[j, w] ^ qw[w]))
+                            d = _nb_dist(tcodes, j, qw)
                             if size == k and d > hd[0]:
                                 continue
                             if m > 1 and _nb_new_dist(tcodes, j, qw, tmask, r, t) < 0:
@@ -256,9 +273,7 @@ if HAVE_NUMBA:
                                 size = _nb_push(hd, hi, hp, size, k, d, ids[p], p)
                     if x == 0:
                         break
-                    c = x & -x  # Gosper's hack: the next value with r bits set
-                    y = x + c
-                    x = (((y ^ x) >> 2) // c) | y
+                    x = _nb_next_mask(x)
                 if size == k and hd[0] < m * r + t + 1:
                     return size  # every code not yet met is farther than the k-th
                 if size < k and seen == ni:
@@ -346,21 +361,13 @@ if HAVE_NUMBA:
     ):
         """Positions and distances of the codes within ``radius`` (unordered)."""
         m = lengths.shape[0]
-        W = qw.shape[0]
         out = np.empty(64, np.int64)  # pairs (position, distance)
         cnt = 0
         for p in range(ni, n):  # pending codes
             if alive[p]:
-                d = 0
-                for w in range(W):
-                    d += np.int64(_popc(words[p, w] ^ qw[w]))
+                d = _nb_dist(words, p, qw)
                 if d <= radius:
-                    if 2 * cnt + 2 > out.shape[0]:
-                        grown = np.empty(2 * out.shape[0], np.int64)
-                        grown[: 2 * cnt] = out[: 2 * cnt]
-                        out = grown
-                    out[2 * cnt] = p
-                    out[2 * cnt + 1] = d
+                    out = _nb_append(out, cnt, p, d)
                     cnt += 1
         for r in range(radius // m + 1):
             for t in range(m):
@@ -374,16 +381,9 @@ if HAVE_NUMBA:
                             p = np.int64(tids[j])
                             if d < 0 or d > radius or not alive[p]:
                                 continue
-                            if 2 * cnt + 2 > out.shape[0]:
-                                grown = np.empty(2 * out.shape[0], np.int64)
-                                grown[: 2 * cnt] = out[: 2 * cnt]
-                                out = grown
-                            out[2 * cnt] = p
-                            out[2 * cnt + 1] = d
+                            out = _nb_append(out, cnt, p, d)
                             cnt += 1
                     if x == 0:
                         break
-                    c = x & -x
-                    y = x + c
-                    x = (((y ^ x) >> 2) // c) | y
+                    x = _nb_next_mask(x)
         return out[0 : 2 * cnt : 2].copy(), out[1 : 2 * cnt : 2].copy()
