@@ -328,7 +328,7 @@ class MultiIndexHash:
                     self._words,
                     self._alive,
                     self._ids,
-                    *self._tables.arrays(),
+                    self._tables.arrays(),
                     self._tmask,
                     self._lengths,
                     budget,
@@ -403,7 +403,7 @@ class MultiIndexHash:
                 ni,
                 self._words,
                 self._alive,
-                *self._tables.arrays(),
+                self._tables.arrays(),
                 self._tmask,
                 self._lengths,
             )

@@ -70,6 +70,7 @@ class HashTables:
         return self
 
     def arrays(self) -> tuple[np.ndarray, ...]:
+        """(keys, bstart, tids, tcodes, dirs, doff, dshift): the kernels' ``tables`` argument."""
         return (self.keys, self.bstart, self.tids, self.tcodes, self.dirs, self.doff, self.dshift)
 
     @property
@@ -213,13 +214,7 @@ if HAVE_NUMBA:
         words,
         alive,
         ids,
-        keys,
-        bstart,
-        tids,
-        tcodes,
-        dirs,
-        doff,
-        dshift,
+        tables,
         tmask,
         lengths,
         budget,
@@ -235,6 +230,7 @@ if HAVE_NUMBA:
         the probe radius r, no later entry of the bucket (distance >= r, larger position)
         can enter it, and the rest of the bucket is skipped.
         """
+        keys, bstart, tids, tcodes, dirs, doff, dshift = tables
         size = _nb_scan(ni, n, qw, k, 0, words, alive, ids, hd, hi, hp)  # pending codes
         if ni == 0:
             return size
@@ -293,13 +289,7 @@ if HAVE_NUMBA:
         words,
         alive,
         ids,
-        keys,
-        bstart,
-        tids,
-        tcodes,
-        dirs,
-        doff,
-        dshift,
+        tables,
         tmask,
         lengths,
         budget,
@@ -320,13 +310,7 @@ if HAVE_NUMBA:
                 words,
                 alive,
                 ids,
-                keys,
-                bstart,
-                tids,
-                tcodes,
-                dirs,
-                doff,
-                dshift,
+                tables,
                 tmask,
                 lengths,
                 budget,
@@ -349,17 +333,12 @@ if HAVE_NUMBA:
         ni,
         words,
         alive,
-        keys,
-        bstart,
-        tids,
-        tcodes,
-        dirs,
-        doff,
-        dshift,
+        tables,
         tmask,
         lengths,
     ):
         """Positions and distances of the codes within ``radius`` (unordered)."""
+        keys, bstart, tids, tcodes, dirs, doff, dshift = tables
         m = lengths.shape[0]
         out = np.empty(64, np.int64)  # pairs (position, distance)
         cnt = 0
