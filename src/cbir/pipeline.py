@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from cbir.backbones import pooling as pooling_mod
 from cbir.backbones.embed import embed_stream
 from cbir.backbones.registry import (
     DEFAULT,
@@ -62,6 +63,8 @@ def create_or_open(
     transform: Transform | None = None,
     backbone: str | None = None,
     n_images: int | None = None,
+    pooling: str | None = None,
+    scales: str | None = None,
 ) -> IndexStore:
     """Open ``index_dir``, or create it with the given model and index settings.
 
@@ -69,6 +72,7 @@ def create_or_open(
     ``backbone``: a registry spec (``cbir.backbones.registry``; default efficientnet-lite0).
     ``n_images``: how many images are about to be indexed; an index type that cannot be
     built for them (and those already indexed) is refused before anything is written.
+    ``pooling``, ``scales``: retrieval pooling of a new index (:mod:`cbir.backbones.pooling`).
     """
     root = Path(index_dir)
     if IndexStore.exists(root):
@@ -76,6 +80,11 @@ def create_or_open(
         cfg = store.config
         if backbone is not None:
             _check_backbone(store, backbone, size)
+        try:
+            pooling_mod.check_recorded(root, cfg["backbone"], pooling, scales)
+        except CbirError:
+            store.close()
+            raise
         if index_type is not None and index_type != cfg["index_type"]:
             raise CbirError(
                 f"{root} was built with --index-type {cfg['index_type']!r}, not {index_type!r};"
@@ -138,6 +147,7 @@ def create_or_open(
             f"a --model run is trained on {DEFAULT} features; index it without --backbone"
         )
     options = {"size": size or (DEFAULT_SIZE if split_spec(spec)[0] == DEFAULT else None)}
+    options.update(pooling_mod.options(split_spec(spec)[0], pooling, scales))
     if transform is not None and getattr(transform, "backbone_weights", None) is not None:
         options["weights"] = transform.backbone_weights
     bb = open_backbone(spec, **options)
@@ -148,7 +158,9 @@ def create_or_open(
     ):
         raise CbirError("the model was trained on another backbone; retrain it with this cbir")
     # a new index is centred unless asked not to be (docs/evaluation.md)
-    transform = transform or FrozenTransform(dim=bb.dim, center=center is not False)
+    transform = transform or FrozenTransform(
+        dim=bb.dim, center=center is not False, whiten=pooling_mod.whitens(bb.fingerprint)
+    )
     if n_images is not None:
         vector_index.check_index_type(index_type or DEFAULT_INDEX_TYPE, transform, n_images)
     config = {
@@ -248,6 +260,8 @@ def index_folder(
     prune: bool | None = None,
     exclude: Sequence[str] = (),
     refit_center: bool = False,
+    pooling: str | None = None,
+    scales: str | None = None,
 ) -> IndexSummary:
     """Index (or update the index of) every image under ``images_dir``.
 
@@ -264,7 +278,9 @@ def index_folder(
     order (e.g. :class:`cbir.distributed.ray_embed.RayEngine`).
     ``center``: None centres a new index on its mean (fitted at its first build) and keeps
     an existing index's setting; False opts out. ``refit_center``: fit the mean again on
-    every image now indexed (the search index is rebuilt).
+    every image now indexed (the search index is rebuilt). ``pooling`` (avg, gem, rmac) and
+    ``scales`` (e.g. ``multi``): retrieval pooling of a new index; an existing index keeps its
+    own (another one is refused).
     """
     t0 = time.perf_counter()
     root = Path(os.path.abspath(os.fspath(images_dir)))
@@ -304,6 +320,8 @@ def index_folder(
         transform=transform,
         backbone=backbone,
         n_images=len(files),
+        pooling=pooling,
+        scales=scales,
     )
     summary = IndexSummary(images_dir=str(root), index_dir=str(index_dir), found=len(files))
     summary.excluded = len(found) - len(files)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from cbir.backbones import pooling as pooling_mod
 from cbir.backbones.base import ImageBackbone, top_classes
 from cbir.backbones.preprocess import Preprocess
 from cbir.backbones.session import cpu_session
@@ -37,6 +38,8 @@ OPSET = 17
 #: Version of the ONNX graph writer (:mod:`cbir.backbones.efficientnet_onnx`), part of the
 #: export's cache name: the torch export's files (no suffix) are never read for it.
 GRAPH = "g1"
+#: Cache-name suffix of the export that also outputs the last feature map (retrieval pooling).
+MAP_GRAPH = "map"
 
 
 def weights_path() -> Path:
@@ -118,14 +121,19 @@ def torch_features_and_logits(model, x):
     return f, model._fc(f)
 
 
-def _export_onnx(path: Path, size: int, weights: str | os.PathLike[str] | None = None) -> None:
+def _export_onnx(
+    path: Path,
+    size: int,
+    weights: str | os.PathLike[str] | None = None,
+    feature_map: bool = False,
+) -> None:
     """Write the ONNX export of the weights without torch (:mod:`efficientnet_onnx`)."""
     from cbir.backbones.efficientnet_onnx import export_bytes
 
     pre = Preprocess(size=size)
     sd = state_dict(weights)
     try:
-        data = export_bytes(sd, size, pre.mean, pre.std, OPSET)
+        data = export_bytes(sd, size, pre.mean, pre.std, OPSET, feature_map)
     except (KeyError, ValueError, IndexError) as e:
         raise CbirError(
             f"{weights or weights_path()}: not {NAME} weights ({e.__class__.__name__}: {e});"
@@ -176,18 +184,23 @@ _export_lock = threading.Lock()
 
 
 def onnx_path(
-    size: int, weights: str | os.PathLike[str] | None = None, digest: str | None = None
+    size: int,
+    weights: str | os.PathLike[str] | None = None,
+    digest: str | None = None,
+    feature_map: bool = False,
 ) -> Path:
     """The cached ONNX export for input ``size`` (exported on first use), of the ImageNet
-    weights or of the fine-tuned ``weights`` file (keyed by its ``digest``)."""
+    weights or of the fine-tuned ``weights`` file (keyed by its ``digest``); with
+    ``feature_map`` the export that also outputs the last feature map (its own file)."""
     if weights is not None:
         digest = digest or file_digest(weights)
     else:
         digest = weights_digest()
-    path = cache_dir("backbones") / f"{NAME}-{digest}-{size}px-u8-opset{OPSET}-{GRAPH}.onnx"
+    graph = f"{GRAPH}-{MAP_GRAPH}" if feature_map else GRAPH
+    path = cache_dir("backbones") / f"{NAME}-{digest}-{size}px-u8-opset{OPSET}-{graph}.onnx"
     with _export_lock:
         if not path.exists():
-            _export_onnx(path, size, weights)
+            _export_onnx(path, size, weights, feature_map)
     return path
 
 
@@ -219,6 +232,9 @@ class EfficientNetLite0(ExportSession):
         mode: resize mode of :class:`Preprocess` ("crop" or "squash").
         threads: onnxruntime intra-op threads (default: all cores).
         weights: a fine-tuned state-dict file (default: the ImageNet weights).
+        pooling: ``avg`` (the graph's own global average), ``gem`` or ``rmac``
+            (:mod:`cbir.backbones.pooling`, over the feature-map export).
+        scales: image scales of multi-scale inference (default ``(1.0,)``: one scale).
     """
 
     name = NAME
@@ -231,38 +247,87 @@ class EfficientNetLite0(ExportSession):
         mode: str = "crop",
         threads: int | None = None,
         weights: str | os.PathLike[str] | None = None,
+        pooling: str = pooling_mod.DEFAULT,
+        scales: tuple[float, ...] | None = None,
     ) -> None:
         self.preprocess = Preprocess(size=size, mode=mode)
         self.weights_file = None if weights is None else Path(weights)
         self.weights = weights_digest() if weights is None else file_digest(weights)
-        self.session = cpu_session(onnx_path(size, weights, self.weights), threads)
+        self.pooling = pooling_mod.check_pooling(pooling)
+        self.scales = pooling_mod.parse_scales(scales)
+        if self.pooling == pooling_mod.DEFAULT and self.scales == (1.0,):
+            self.session = cpu_session(onnx_path(size, weights, self.weights), threads)
+            self.map_sessions: list[tuple[int, Any]] = []
+        else:  # one feature-map export per scale's input size
+            self.map_sessions = [
+                (s, cpu_session(onnx_path(s, weights, self.weights, feature_map=True), threads))
+                for s in (pooling_mod.scaled_size(size, sc) for sc in self.scales)
+            ]
+            self.session = self.map_sessions[0][1]
 
     @property
     def fingerprint(self) -> dict:
-        """What an index records to refuse queries from a different model."""
-        return {
+        """What an index records to refuse queries from a different model (``pooling`` and
+        ``scales`` only when not the default, so older indexes keep their fingerprint)."""
+        fp = {
             "backbone": self.name,
             "weights": self.weights,
             "dim": self.dim,
             "preprocess": self.preprocess.to_dict(),
         }
+        if self.pooling != pooling_mod.DEFAULT:
+            fp["pooling"] = self.pooling
+        if self.scales != (1.0,):
+            fp["scales"] = list(self.scales)
+        return fp
+
+    def feature_maps(self, batch: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """The last feature map ``(n, 1280, h, w)`` at each scale, and the full-scale
+        ImageNet logits, of a preprocessed batch (only with a pooling or scales option)."""
+        batch = np.ascontiguousarray(batch, np.uint8)
+        maps, logits = [], None
+        for side, session in self.map_sessions:
+            _, lg, fmap = session.run(None, {"images": pooling_mod.resize_batch(batch, side)})
+            maps.append(fmap)
+            logits = lg if logits is None else logits
+        return maps, logits
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Features ``(n, 1280)`` (pooled as the backbone's ``pooling`` and ``scales`` say)
+        and ImageNet logits ``(n, 1000)`` of a preprocessed batch."""
+        if not self.map_sessions:
+            return super().run(batch)
+        maps, logits = self.feature_maps(batch)
+        vecs = [pooling_mod.pool(m, self.pooling) for m in maps]
+        return pooling_mod.combine_scales(vecs), logits
 
 
 @lru_cache(maxsize=8)
-def _shared(size: int, mode: str, weights: str | None, digest: str | None) -> EfficientNetLite0:
-    return EfficientNetLite0(size=size, mode=mode, weights=weights)
+def _shared(
+    size: int,
+    mode: str,
+    weights: str | None,
+    digest: str | None,
+    pooling: str = pooling_mod.DEFAULT,
+    scales: tuple[float, ...] = (1.0,),
+) -> EfficientNetLite0:
+    return EfficientNetLite0(size=size, mode=mode, weights=weights, pooling=pooling, scales=scales)
 
 
 def get_backbone(
-    size: int = 224, mode: str = "crop", weights: str | os.PathLike[str] | None = None
+    size: int = 224,
+    mode: str = "crop",
+    weights: str | os.PathLike[str] | None = None,
+    pooling: str = pooling_mod.DEFAULT,
+    scales: tuple[float, ...] | None = None,
 ) -> EfficientNetLite0:
-    """A shared backbone instance per (size, mode, weights file content)."""
+    """A shared backbone instance per (size, mode, weights file content, pooling, scales)."""
+    sc = pooling_mod.parse_scales(scales)
     if weights is None:
-        return _shared(size, mode, None, None)
+        return _shared(size, mode, None, None, pooling, sc)
     st = os.stat(weights)
-    return _shared(
-        size, mode, os.fspath(weights), _digest_of(os.fspath(weights), st.st_size, st.st_mtime_ns)
-    )
+    digest = _digest_of(os.fspath(weights), st.st_size, st.st_mtime_ns)
+    return _shared(size, mode, os.fspath(weights), digest, pooling, sc)
 
 
 @lru_cache(maxsize=32)
@@ -281,12 +346,16 @@ def open_efficientnet(
     mode: str = "crop",
     threads: int | None = None,
     weights: str | os.PathLike[str] | None = None,
+    pooling: str = pooling_mod.DEFAULT,
+    scales: tuple[float, ...] | None = None,
 ) -> EfficientNetLite0:
     """The registry's factory: the shared instance (:func:`get_backbone`), or a private
     one with its own ``threads``."""
     if threads is None:
-        return get_backbone(size, mode, weights)
-    return EfficientNetLite0(size, mode, threads=threads, weights=weights)
+        return get_backbone(size, mode, weights, pooling, scales)
+    return EfficientNetLite0(
+        size, mode, threads=threads, weights=weights, pooling=pooling, scales=scales
+    )
 
 
 def reopen(
@@ -305,7 +374,14 @@ def reopen(
                 f" {weights.name} is missing from the index; re-index into a new --index directory"
             )
     pre = fp["preprocess"]
-    backbone = open_efficientnet(pre["size"], pre["mode"], threads, weights)
+    backbone = open_efficientnet(
+        pre["size"],
+        pre["mode"],
+        threads,
+        weights,
+        fp.get("pooling", pooling_mod.DEFAULT),
+        fp.get("scales"),
+    )
     if backbone.fingerprint != fp:
         raise CbirError(
             f"{root} was built with {fp['backbone']} weights {fp['weights']};"
@@ -318,6 +394,10 @@ def reopen(
 def describe(fp: dict) -> str:
     """An EfficientNet-Lite0 fingerprint in words, for error messages."""
     what = "fine-tuned" if is_finetuned(fp) else "ImageNet"
+    extra = f", {fp['pooling']} pooling" if fp.get("pooling") else ""
+    if fp.get("scales"):
+        extra += ", scales " + ",".join(str(s) for s in fp["scales"])
     return (
-        f"{fp['backbone']} backbone ({what} weights {fp['weights']}, {fp['preprocess']['size']} px)"
+        f"{fp['backbone']} backbone ({what} weights {fp['weights']},"
+        f" {fp['preprocess']['size']} px{extra})"
     )

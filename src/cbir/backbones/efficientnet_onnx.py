@@ -13,6 +13,8 @@ Input and outputs are those of the torch export: ``images`` uint8 ``(n, size, si
 scaled inside the graph (``(x - mean) / std``), ``features`` ``(n, 1280)`` and ``logits``
 ``(n, 1000)``. Node names follow the torch export's (``/_conv_head/Conv``, ``/ReduceMean``,
 ``/_fc/Gemm``) so that tools keyed by them (int8 quantisation) work on either file.
+With ``feature_map`` the graph has a third output, ``feature_map`` ``(n, 1280, h, w)``: the
+head's activations before pooling, for retrieval pooling (:mod:`cbir.backbones.pooling`).
 """
 
 from __future__ import annotations
@@ -42,8 +44,16 @@ def fold_bn(w: np.ndarray, sd: Mapping[str, np.ndarray], bn: str) -> tuple[np.nd
     return wf, bf
 
 
-def build_model(sd: Mapping[str, np.ndarray], size: int, mean: float, std: float, opset: int = 17):
-    """The ONNX ``ModelProto`` of EfficientNet-Lite0 with state dict ``sd`` at ``size`` px."""
+def build_model(
+    sd: Mapping[str, np.ndarray],
+    size: int,
+    mean: float,
+    std: float,
+    opset: int = 17,
+    feature_map: bool = False,
+):
+    """The ONNX ``ModelProto`` of EfficientNet-Lite0 with state dict ``sd`` at ``size`` px
+    (with ``feature_map``: the last feature map as a third output)."""
     from onnx import TensorProto, helper, numpy_helper
 
     nodes: list = []
@@ -109,6 +119,7 @@ def build_model(sd: Mapping[str, np.ndarray], size: int, mean: float, std: float
             nodes.append(helper.make_node("Add", [x, inp], [out], name=f"/{b}/Add"))
             x = out
     x = conv(x, "/_conv_head", "_conv_head", "_bn1", 1, "/_swish_1")
+    fmap = x
     nodes.append(
         helper.make_node("ReduceMean", [x], ["features"], "/ReduceMean", axes=[2, 3], keepdims=0)
     )
@@ -121,14 +132,20 @@ def build_model(sd: Mapping[str, np.ndarray], size: int, mean: float, std: float
     )
     dim = int(sd["_conv_head.weight"].shape[0])
     n_classes = int(sd["_fc.weight"].shape[0])
+    outputs = [
+        helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", dim]),
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", n_classes]),
+    ]
+    if feature_map:
+        nodes.append(helper.make_node("Identity", [fmap], ["feature_map"], "/FeatureMap"))
+        outputs.append(
+            helper.make_tensor_value_info("feature_map", TensorProto.FLOAT, ["n", dim, "h", "w"])
+        )
     graph = helper.make_graph(
         nodes,
         "efficientnet-lite0",
         [helper.make_tensor_value_info("images", TensorProto.UINT8, ["n", size, size, 3])],
-        [
-            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", dim]),
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", n_classes]),
-        ],
+        outputs,
         inits,
     )
     model = helper.make_model(
@@ -139,11 +156,16 @@ def build_model(sd: Mapping[str, np.ndarray], size: int, mean: float, std: float
 
 
 def export_bytes(
-    sd: Mapping[str, np.ndarray], size: int, mean: float, std: float, opset: int = 17
+    sd: Mapping[str, np.ndarray],
+    size: int,
+    mean: float,
+    std: float,
+    opset: int = 17,
+    feature_map: bool = False,
 ) -> bytes:
     """The serialised, checked ONNX model of :func:`build_model`."""
     import onnx
 
-    model = build_model(sd, size, mean, std, opset)
+    model = build_model(sd, size, mean, std, opset, feature_map)
     onnx.checker.check_model(model)
     return model.SerializeToString()

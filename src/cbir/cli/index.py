@@ -35,6 +35,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             prune=args.prune,
             exclude=args.exclude,
             refit_center=args.refit_center,
+            pooling=args.pooling,
+            scales=args.scales,
         )
     synced = sync_store(args.index, args.store)
     if args.json:
@@ -121,6 +123,21 @@ def register(add: AddCommand) -> None:
         help="the model of a new index: efficientnet-lite0 (default), efficientnet-lite0-int8"
         " or onnx:PATH.onnx"
         " (see docs/backbones.md); an existing index keeps its own",
+    )
+    sp.add_argument(
+        "--pooling",
+        default=None,
+        choices=("avg", "gem", "rmac"),
+        help="retrieval pooling of a new index's feature map: avg (default), gem or rmac"
+        " (R-MAC, PCA-whitened on the collection); see docs/backbones.md. An existing index"
+        " keeps its own",
+    )
+    sp.add_argument(
+        "--scales",
+        default=None,
+        metavar="multi|S,S,..",
+        help="multi-scale inference of a new index: multi (1, 1/sqrt2, 1/2) or scales such"
+        " as 1,0.5 (default 1)",
     )
     sp.add_argument(
         "--prune",

@@ -37,6 +37,9 @@ def _frozen(spec: dict[str, Any], root: Path | None) -> FrozenTransform:
         center=spec.get("center", False),
         mean=spec.get("mean"),
         fitted=spec.get("fitted"),
+        whiten=spec.get("whiten", False),
+        whitening=spec.get("whitening"),
+        root=root,
     )
 
 

@@ -1,0 +1,196 @@
+"""Retrieval pooling side by side: avg, GeM, R-MAC, each at one scale and multi-scale.
+
+    python benchmarks/pooling.py [--fashion-db 5000] [--fashion-queries 1000] [--copies 500]
+
+Every row goes through what ``cbir index --pooling P [--scales multi]`` does: the
+EfficientNet-Lite0 feature-map export at 224 px (and 158, 112 px for multi-scale), the
+pooling of :mod:`cbir.backbones.pooling`, then the index's transform fitted on the
+database (:class:`cbir.heads.frozen.FrozenTransform`: centred; R-MAC also PCA-whitened),
+cosine. The feature maps of each image are computed once and every row pooled from them.
+
+Three tasks:
+
+- **photos, near duplicates**: scikit-image's 13 photos, each as the whole (square centre)
+  and 50 overlapping square crops (0.7, 0.5 and 0.35 of the short side on 3x3, 4x4 and 5x5
+  grids): 663 database images, where crops of one photo overlap and are hard negatives.
+  Queries: transformed copies of ``--photo-queries`` of them (the load benchmark's
+  :func:`cbir_testing.collection.transformed`: rotated, shifted, rescaled, maybe mirrored,
+  contrast, re-encoded JPEG or PNG). Source at rank 1 / in the top 10.
+- **fashion copies**: the load benchmark's task on a subset: database the first
+  ``--fashion-db`` Fashion-MNIST training images, queries transformed copies of
+  ``--copies`` of them. Source at rank 1 / in the top 10.
+- **fashion category**: ``--fashion-queries`` test images against the same database,
+  mAP over the whole ranking (same class relevant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cbir.backbones import pooling as P
+from cbir.backbones.efficientnet_lite import EfficientNetLite0
+from cbir.data.idx import load_idx
+from cbir.eval.metrics import evaluate_retrieval
+from cbir.heads.frozen import FrozenTransform
+from cbir.utils import cache_dir
+from cbir_testing.collection import encode, transformed
+from cbir_testing.reliability.corpus import PHOTOS
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+ROWS = [(p, ms) for ms in (False, True) for p in P.POOLINGS]
+#: Square crops of each photo: (side as a fraction of the short side, grid per dimension).
+CROPS = ((0.7, 3), (0.5, 4), (0.35, 5))
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def photo_set(seed: int = 0, n_queries: int = 200) -> tuple[list, list, np.ndarray]:
+    """The near-duplicate database (whole photos and overlapping crops), transformed copies
+    of ``n_queries`` of them, and which database image each copy is of."""
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    db = []
+    for name in PHOTOS:
+        a = getattr(data, name)()
+        if a.dtype != np.uint8:
+            a = (a * 255).astype(np.uint8) if a.max() <= 1 else a.astype(np.uint8)
+        img = Image.fromarray(a[:, :, :3] if a.ndim == 3 else a).convert("RGB")
+        w, h = img.size
+        c = min(w, h)
+        crops = [((w - c) // 2, (h - c) // 2, c)]
+        for frac, grid in CROPS:
+            s = int(c * frac)
+            for fy in np.linspace(0, 1, grid):
+                for fx in np.linspace(0, 1, grid):
+                    crops.append((int(fx * (w - s)), int(fy * (h - s)), s))
+        for x, y, s in crops:
+            db.append(img.crop((x, y, x + s, y + s)))
+    src = np.sort(rng.choice(len(db), n_queries, replace=False))
+    queries = [copy_of(db[i], rng) for i in src]
+    return db, queries, src
+
+
+def copy_of(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A transformed copy, encoded and decoded again (as an upload would be)."""
+    import io
+
+    out, fmt = transformed(im, rng)
+    return Image.open(io.BytesIO(encode(out.convert("RGB"), fmt))).convert("RGB")
+
+
+def pooled(bb: EfficientNetLite0, images: list, tag: str, batch: int = 32) -> dict:
+    """``{(pooling, multi): (n, 1280)}`` of ``images``, cached under $CBIR_CACHE/pooling."""
+    path = cache_dir("pooling") / f"{tag}-{len(images)}.npz"
+    if path.exists():
+        z = np.load(path)
+        return {(p, ms): z[f"{p}-{int(ms)}"] for p, ms in ROWS}
+    per: dict[str, list[list[np.ndarray]]] = {p: [[] for _ in bb.scales] for p in P.POOLINGS}
+    t0 = time.perf_counter()
+    for i in range(0, len(images), batch):
+        maps, _ = bb.feature_maps(bb.batch(images[i : i + batch]))
+        for p in P.POOLINGS:
+            for j, m in enumerate(maps):
+                per[p][j].append(P.pool(m, p))
+        log(f"  {tag}: {min(i + batch, len(images))}/{len(images)} {time.perf_counter() - t0:.0f}s")
+    out = {}
+    for p in P.POOLINGS:
+        scales = [np.concatenate(v) for v in per[p]]
+        out[(p, False)] = scales[0]
+        out[(p, True)] = P.combine_scales(scales)
+    np.savez(path, **{f"{p}-{int(ms)}": v for (p, ms), v in out.items()})
+    return out
+
+
+def index_view(db: np.ndarray, queries: np.ndarray, whiten: bool) -> tuple[np.ndarray, ...]:
+    """Database and queries as the index holds them: its transform fitted on the database
+    (centred; PCA-whitened for R-MAC)."""
+    t = FrozenTransform(dim=db.shape[1], center=True, whiten=whiten)
+    t.fit(db)
+    return t(db), t(queries)
+
+
+def source_rates(db: np.ndarray, q: np.ndarray, src: np.ndarray) -> tuple[float, float]:
+    """Fraction of queries whose source is at rank 1, and in the top 10."""
+    s = q @ db.T
+    rank = (s > s[np.arange(len(q)), src][:, None]).sum(1)
+    return float((rank == 0).mean()), float((rank < 10).mean())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fashion-db", type=int, default=5000)
+    ap.add_argument("--fashion-queries", type=int, default=1000)
+    ap.add_argument("--copies", type=int, default=500)
+    ap.add_argument("--photo-queries", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    bb = EfficientNetLite0(224, pooling="gem", scales=P.MULTI_SCALES)
+    # the avg row must be today's default backbone: check on a few images
+    ref = EfficientNetLite0(224)
+    photo_db, photo_q, photo_src = photo_set(args.seed, args.photo_queries)
+    m, _ = bb.feature_maps(bb.batch(photo_db[:4]))
+    assert np.allclose(P.avg(m[0]), ref.embed(photo_db[:4]), atol=1e-4)
+
+    fm = load_idx(FASHION, "fashion-mnist")
+    train, test = fm["train"], fm["test"]
+    rng = np.random.default_rng(args.seed)
+    f_db = [train.load(i) for i in range(args.fashion_db)]
+    f_q = [test.load(i) for i in range(args.fashion_queries)]
+    src = rng.choice(args.fashion_db, args.copies, replace=False)
+    f_copies = [copy_of(f_db[i], rng) for i in src]
+
+    tag = f"s{args.seed}"
+    feats = {
+        "photo_db": pooled(bb, photo_db, f"photos-db-{tag}"),
+        "photo_q": pooled(bb, photo_q, f"photos-q-{args.photo_queries}-{tag}"),
+        "f_db": pooled(bb, f_db, "fashion-train"),
+        "f_q": pooled(bb, f_q, "fashion-test"),
+        "f_copies": pooled(bb, f_copies, f"fashion-copies-{args.copies}-{tag}"),
+    }
+    print(
+        f"pooling benchmark: EfficientNet-Lite0 224 px; photos {len(photo_db)} db /"
+        f" {len(photo_q)} copies; fashion-mnist {args.fashion_db} train db, {args.copies}"
+        f" copies, {args.fashion_queries} test queries (category mAP)"
+    )
+    head = "| pooling | scales | photos top-1 | photos top-10 | fashion copies top-1 |"
+    print(head + " fashion copies top-10 | fashion mAP |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    rows = [(p, ms, p == "rmac") for p, ms in ROWS] + [("rmac", False, False)]
+    for p, ms, white in rows:
+        db, q = index_view(feats["photo_db"][p, ms], feats["photo_q"][p, ms], white)
+        p1, p10 = source_rates(db, q, photo_src)
+        db, c = index_view(feats["f_db"][p, ms], feats["f_copies"][p, ms], white)
+        c1, c10 = source_rates(db, c, src)
+        _, fq = index_view(feats["f_db"][p, ms], feats["f_q"][p, ms], white)
+        r = evaluate_retrieval(
+            fq,
+            db,
+            test.labels[: args.fashion_queries],
+            train.labels[: args.fashion_db],
+            precision_at=(),
+            recall_at=(),
+            map_at_r=False,
+            pr_points=0,
+            pk_curve=(),
+            progress=False,
+        )
+        name = p + (" (PCA-whitened)" if white else " (not whitened)" if p == "rmac" else "")
+        print(
+            f"| {name} | {'1, 1/sqrt2, 1/2' if ms else '1'} | {100 * p1:.1f}% | {100 * p10:.1f}%"
+            f" | {100 * c1:.1f}% | {100 * c10:.1f}% | {r['map']:.4f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
