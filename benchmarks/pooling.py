@@ -5,8 +5,8 @@
 Every row goes through what ``cbir index --pooling P [--scales multi]`` does: the
 EfficientNet-Lite0 feature-map export at 224 px (and 158, 112 px for multi-scale), the
 pooling of :mod:`cbir.backbones.pooling`, then the index's transform fitted on the
-database (:class:`cbir.heads.frozen.FrozenTransform`: centred; R-MAC also PCA-whitened),
-cosine. The feature maps of each image are computed once and every row pooled from them.
+database (:class:`cbir.heads.frozen.FrozenTransform`: centred; R-MAC PCA-whitened, as by
+default, and not, as with ``--no-whiten``), cosine. The feature maps of each image are computed once and every row pooled from them.
 
 Three tasks:
 
@@ -112,7 +112,7 @@ def pooled(bb: EfficientNetLite0, images: list, tag: str, batch: int = 32) -> di
 
 def index_view(db: np.ndarray, queries: np.ndarray, whiten: bool) -> tuple[np.ndarray, ...]:
     """Database and queries as the index holds them: its transform fitted on the database
-    (centred; PCA-whitened for R-MAC)."""
+    (centred; PCA-whitened when ``whiten``: R-MAC's default, ``--no-whiten`` turns it off)."""
     t = FrozenTransform(dim=db.shape[1], center=True, whiten=whiten)
     t.fit(db)
     return t(db), t(queries)
@@ -165,7 +165,8 @@ def main() -> int:
     head = "| pooling | scales | photos top-1 | photos top-10 | fashion copies top-1 |"
     print(head + " fashion copies top-10 | fashion mAP |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    rows = [(p, ms, p == "rmac") for p, ms in ROWS] + [("rmac", False, False)]
+    variants = [("avg", False), ("gem", False), ("rmac", True), ("rmac", False)]
+    rows = [(p, ms, white) for ms in (False, True) for p, white in variants]
     for p, ms, white in rows:
         db, q = index_view(feats["photo_db"][p, ms], feats["photo_q"][p, ms], white)
         p1, p10 = source_rates(db, q, photo_src)

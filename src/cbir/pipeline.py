@@ -65,6 +65,7 @@ def create_or_open(
     n_images: int | None = None,
     pooling: str | None = None,
     scales: str | None = None,
+    whiten: bool | None = None,
 ) -> IndexStore:
     """Open ``index_dir``, or create it with the given model and index settings.
 
@@ -72,7 +73,8 @@ def create_or_open(
     ``backbone``: a registry spec (``cbir.backbones.registry``; default efficientnet-lite0).
     ``n_images``: how many images are about to be indexed; an index type that cannot be
     built for them (and those already indexed) is refused before anything is written.
-    ``pooling``, ``scales``: retrieval pooling of a new index (:mod:`cbir.backbones.pooling`).
+    ``pooling``, ``scales``, ``whiten``: retrieval pooling of a new index
+    (:mod:`cbir.backbones.pooling`).
     """
     root = Path(index_dir)
     if IndexStore.exists(root):
@@ -82,6 +84,7 @@ def create_or_open(
             _check_backbone(store, backbone, size)
         try:
             pooling_mod.check_recorded(root, cfg["backbone"], pooling, scales)
+            pooling_mod.check_whiten(root, store.get_meta("transform", {}), whiten)
         except CbirError:
             store.close()
             raise
@@ -159,7 +162,7 @@ def create_or_open(
         raise CbirError("the model was trained on another backbone; retrain it with this cbir")
     # a new index is centred unless asked not to be (docs/evaluation.md)
     transform = transform or FrozenTransform(
-        dim=bb.dim, center=center is not False, whiten=pooling_mod.whitens(bb.fingerprint)
+        dim=bb.dim, center=center is not False, whiten=pooling_mod.whitens(bb.fingerprint, whiten)
     )
     if n_images is not None:
         vector_index.check_index_type(index_type or DEFAULT_INDEX_TYPE, transform, n_images)
@@ -262,6 +265,7 @@ def index_folder(
     refit_center: bool = False,
     pooling: str | None = None,
     scales: str | None = None,
+    whiten: bool | None = None,
 ) -> IndexSummary:
     """Index (or update the index of) every image under ``images_dir``.
 
@@ -279,8 +283,8 @@ def index_folder(
     ``center``: None centres a new index on its mean (fitted at its first build) and keeps
     an existing index's setting; False opts out. ``refit_center``: fit the mean again on
     every image now indexed (the search index is rebuilt). ``pooling`` (avg, gem, rmac) and
-    ``scales`` (e.g. ``multi``): retrieval pooling of a new index; an existing index keeps its
-    own (another one is refused).
+    ``scales`` (e.g. ``multi``) and ``whiten`` (None: as the pooling's paper, on for rmac):
+    retrieval pooling of a new index; an existing index keeps its own (others are refused).
     """
     t0 = time.perf_counter()
     root = Path(os.path.abspath(os.fspath(images_dir)))
@@ -322,6 +326,7 @@ def index_folder(
         n_images=len(files),
         pooling=pooling,
         scales=scales,
+        whiten=whiten,
     )
     summary = IndexSummary(images_dir=str(root), index_dir=str(index_dir), found=len(files))
     summary.excluded = len(found) - len(files)

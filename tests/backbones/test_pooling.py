@@ -135,3 +135,21 @@ def test_cli_index_and_search_with_gem_pooling_refuses_mixing(photos_copy, tmp_p
         assert str(idx) in err and "was built with" in err
     with pytest.raises(CbirError, match="efficientnet-lite0"):
         P.options("onnx", "gem", None)
+
+
+def test_rmac_index_whitens_by_default_and_no_whiten_is_recorded(photos_copy, tmp_path, capsys):
+    from cbir.cli.main import main
+    from cbir.index.store import IndexStore
+
+    for flag, whitened in ((), True), (("--no-whiten",), False):
+        idx = tmp_path / f"idx{len(flag)}"
+        args = ["index", str(photos_copy), "--index", str(idx), "--size", "64", "--json"]
+        assert main([*args, "--pooling", "rmac", *flag]) == 0
+        store = IndexStore.open(idx)
+        spec = store.get_meta("transform")
+        store.close()
+        assert bool(spec.get("whiten")) is whitened
+        assert any(idx.glob("whiten-*.npy")) is whitened
+        capsys.readouterr()
+        assert main([*args, "--whiten" if not whitened else "--no-whiten"]) == 1
+        assert "was built with" in capsys.readouterr().err

@@ -213,6 +213,18 @@ def check_recorded(root: object, fp: dict, pooling: str | None, scales: str | No
         )
 
 
-def whitens(fp: dict) -> bool:
-    """Whether an index of backbone fingerprint ``fp`` PCA-whitens (R-MAC does)."""
-    return fp.get("pooling") == "rmac"
+def whitens(fp: dict, whiten: bool | None = None) -> bool:
+    """Whether a new index of backbone fingerprint ``fp`` PCA-whitens: ``whiten`` (from
+    ``--whiten`` / ``--no-whiten``), else as its pooling's paper does (R-MAC does)."""
+    return fp.get("pooling") == "rmac" if whiten is None else bool(whiten)
+
+
+def check_whiten(root: object, transform_spec: dict, whiten: bool | None) -> None:
+    """Refuse ``--whiten`` / ``--no-whiten`` other than what the index at ``root`` records."""
+    have = bool(transform_spec.get("whiten"))
+    if whiten is not None and bool(whiten) != have:
+        built = "--whiten" if have else "--no-whiten"
+        raise CbirError(
+            f"{root} was built with {built}; leave the option out to update it, or index into"
+            " another --index directory"
+        )

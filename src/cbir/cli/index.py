@@ -15,6 +15,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     from cbir.errors import CbirError
     from cbir.pipeline import index_folder
 
+    if args.whiten and args.model not in (None, "frozen"):
+        raise CbirError("--whiten applies to the frozen backbone; drop it with --model")
     if args.refit_center and args.center is False:
         raise CbirError("--refit-center refits the centring mean; drop --no-center")
     with engine_for(
@@ -37,6 +39,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             refit_center=args.refit_center,
             pooling=args.pooling,
             scales=args.scales,
+            whiten=args.whiten,
         )
     synced = sync_store(args.index, args.store)
     if args.json:
@@ -138,6 +141,13 @@ def register(add: AddCommand) -> None:
         metavar="multi|S,S,..",
         help="multi-scale inference of a new index: multi (1, 1/sqrt2, 1/2) or scales such"
         " as 1,0.5 (default 1)",
+    )
+    sp.add_argument(
+        "--whiten",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="PCA-whiten a new index's features, learned on the collection (default: only"
+        " with --pooling rmac, as Tolias et al.); docs/backbones.md measures both",
     )
     sp.add_argument(
         "--prune",
