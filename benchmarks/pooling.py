@@ -1,6 +1,7 @@
 """Retrieval pooling side by side: avg, GeM, R-MAC, each at one scale and multi-scale.
 
     python benchmarks/pooling.py [--fashion-db 5000] [--fashion-queries 1000] [--copies 500]
+        [--whitening-study]
 
 Every row goes through what ``cbir index --pooling P [--scales multi]`` does: the
 EfficientNet-Lite0 feature-map export at 224 px (and 158, 112 px for multi-scale), the
@@ -20,7 +21,11 @@ Three tasks:
   ``--fashion-db`` Fashion-MNIST training images, queries transformed copies of
   ``--copies`` of them. Source at rank 1 / in the top 10.
 - **fashion category**: ``--fashion-queries`` test images against the same database,
-  mAP over the whole ranking (same class relevant).
+  mAP over the whole ranking (same class relevant), and each row's per-query AP difference
+  from avg at one scale with its paired-bootstrap 95% interval over the queries.
+
+``--whitening-study`` adds rows of R-MAC with plain PCA-whitening reduced to 64-512
+dimensions instead of the index's full-dimension Ledoit-Wolf one.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +43,7 @@ from cbir.backbones import pooling as P
 from cbir.backbones.efficientnet_lite import EfficientNetLite0
 from cbir.data.idx import load_idx
 from cbir.eval.metrics import evaluate_retrieval
+from cbir.heads.base import l2_normalize
 from cbir.heads.frozen import FrozenTransform
 from cbir.utils import cache_dir
 from cbir_testing.collection import encode, transformed
@@ -110,12 +117,44 @@ def pooled(bb: EfficientNetLite0, images: list, tag: str, batch: int = 32) -> di
     return out
 
 
-def index_view(db: np.ndarray, queries: np.ndarray, whiten: bool) -> tuple[np.ndarray, ...]:
-    """Database and queries as the index holds them: its transform fitted on the database
-    (centred; PCA-whitened when ``whiten``: R-MAC's default, ``--no-whiten`` turns it off)."""
+def index_view(db: np.ndarray, whiten: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """The index's transform fitted on the database ``db`` (centred; PCA-whitened when
+    ``whiten``: R-MAC's default, ``--no-whiten`` turns it off)."""
     t = FrozenTransform(dim=db.shape[1], center=True, whiten=whiten)
     t.fit(db)
-    return t(db), t(queries)
+    return t
+
+
+def pca_whitening(dims: int) -> Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """The study's alternative: plain PCA-whitening to the top ``dims`` components (Jegou &
+    Chum, ECCV 2012), fitted on the database."""
+
+    def make(db: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        mu = db.mean(0, dtype=np.float64)
+        vals, vecs = np.linalg.eigh(np.cov((db - mu).T))
+        top = np.argsort(vals)[::-1][:dims]
+        proj = vecs[:, top] / np.sqrt(np.maximum(vals[top], 1e-12))
+        return lambda x: l2_normalize(((x - mu) @ proj).astype(np.float32))
+
+    return make
+
+
+def query_aps(q: np.ndarray, db: np.ndarray, ql: np.ndarray, dl: np.ndarray) -> np.ndarray:
+    """Average precision of each query over the whole ranking (same label relevant)."""
+    out = []
+    for i in range(0, len(q), 250):
+        rel = dl[np.argsort(-(q[i : i + 250] @ db.T), axis=1)] == ql[i : i + 250, None]
+        prec = np.cumsum(rel, 1) / np.arange(1, rel.shape[1] + 1)
+        out.append((prec * rel).sum(1) / rel.sum(1))
+    return np.concatenate(out)
+
+
+def diff_interval(d: np.ndarray, seed: int = 0) -> str:
+    """Mean of the per-query differences ``d`` and its paired-bootstrap 95% interval."""
+    rng = np.random.default_rng(seed)
+    boots = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(2000)]
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return f"{d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]"
 
 
 def source_rates(db: np.ndarray, q: np.ndarray, src: np.ndarray) -> tuple[float, float]:
@@ -132,6 +171,11 @@ def main() -> int:
     ap.add_argument("--copies", type=int, default=500)
     ap.add_argument("--photo-queries", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--whitening-study",
+        action="store_true",
+        help="also rows of R-MAC with plain PCA-whitening reduced to 64-512 dimensions",
+    )
     args = ap.parse_args()
 
     bb = EfficientNetLite0(224, pooling="gem", scales=P.MULTI_SCALES)
@@ -162,34 +206,40 @@ def main() -> int:
         f" {len(photo_q)} copies; fashion-mnist {args.fashion_db} train db, {args.copies}"
         f" copies, {args.fashion_queries} test queries (category mAP)"
     )
-    head = "| pooling | scales | photos top-1 | photos top-10 | fashion copies top-1 |"
-    print(head + " fashion copies top-10 | fashion mAP |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    variants = [("avg", False), ("gem", False), ("rmac", True), ("rmac", False)]
-    rows = [(p, ms, white) for ms in (False, True) for p, white in variants]
-    for p, ms, white in rows:
-        db, q = index_view(feats["photo_db"][p, ms], feats["photo_q"][p, ms], white)
-        p1, p10 = source_rates(db, q, photo_src)
-        db, c = index_view(feats["f_db"][p, ms], feats["f_copies"][p, ms], white)
-        c1, c10 = source_rates(db, c, src)
-        _, fq = index_view(feats["f_db"][p, ms], feats["f_q"][p, ms], white)
+    ql, dl = test.labels[: args.fashion_queries], train.labels[: args.fashion_db]
+    base: list[np.ndarray] = []
+
+    def row(name: str, p: str, ms: bool, make: Callable) -> None:
+        t = make(feats["photo_db"][p, ms])
+        p1, p10 = source_rates(t(feats["photo_db"][p, ms]), t(feats["photo_q"][p, ms]), photo_src)
+        t = make(feats["f_db"][p, ms])
+        db, fq = t(feats["f_db"][p, ms]), t(feats["f_q"][p, ms])
+        c1, c10 = source_rates(db, t(feats["f_copies"][p, ms]), src)
         r = evaluate_retrieval(
-            fq,
-            db,
-            test.labels[: args.fashion_queries],
-            train.labels[: args.fashion_db],
-            precision_at=(),
-            recall_at=(),
-            map_at_r=False,
-            pr_points=0,
-            pk_curve=(),
-            progress=False,
-        )
-        name = p + (" (PCA-whitened)" if white else " (not whitened)" if p == "rmac" else "")
+            fq, db, ql, dl, precision_at=(), recall_at=(), map_at_r=False, pr_points=0,
+            pk_curve=(), progress=False,
+        )  # fmt: skip
+        aps = query_aps(fq, db, ql, dl)
+        base.append(base[0] if base else aps)
         print(
             f"| {name} | {'1, 1/sqrt2, 1/2' if ms else '1'} | {100 * p1:.1f}% | {100 * p10:.1f}%"
             f" | {100 * c1:.1f}% | {100 * c10:.1f}% | {r['map']:.4f} |"
+            f" {diff_interval(aps - base[0])} |",
+            flush=True,
         )
+
+    head = "| pooling | scales | photos top-1 | photos top-10 | fashion copies top-1 |"
+    print(head + " fashion copies top-10 | fashion mAP | mAP vs avg [95%] |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    variants = [("avg", False), ("gem", False), ("rmac", True), ("rmac", False)]
+    for ms in (False, True):
+        for p, white in variants:
+            name = p + (" (PCA-whitened)" if white else " (not whitened)" if p == "rmac" else "")
+            row(name, p, ms, lambda db, w=white: index_view(db, w))
+    if args.whitening_study:
+        for ms in (False, True):
+            for dims in (64, 128, 256, 512):
+                row(f"rmac, PCA-whitened to {dims} dims", "rmac", ms, pca_whitening(dims))
     return 0
 
 
