@@ -95,3 +95,33 @@ needs_fashion = pytest.mark.skipif(
     not fashion_available() and not os.environ.get("CI"),
     reason="Debian's dataset-fashion-mnist is not installed (make test installs it)",
 )
+
+
+#: The short sketch-model run the sketch tests share (cbir.train.methods.sketch): drawings of
+#: 500 training images, queries drawn from 200 test images, FASHION_SMALL's database (64 px).
+SKETCH_SMALL: dict = dict(
+    dataset="fashion-mnist",
+    method="sketch",
+    size=64,
+    train_limit=500,
+    query_limit=200,
+    database_limit=3000,
+    sketches=1,
+    epochs=4,
+    eval_every=2,
+    batch_size=100,
+    hidden=[],
+    lr=2e-3,
+)
+
+
+@pytest.fixture(scope="session")
+def sketch_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """(run directory, final.json) of a short `cbir train --method sketch` run."""
+    if not fashion_available():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (make test installs it)")
+    from cbir.train.registry import make_config
+    from cbir.train.trainer import train
+
+    run = tmp_path_factory.mktemp("sketch") / "run"
+    return run, train(make_config(SKETCH_SMALL), run, progress=False)

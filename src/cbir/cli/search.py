@@ -1,4 +1,4 @@
-"""``cbir search``: search an index by image file, folder, ``id:N`` or ``--text``."""
+"""``cbir search``: search an index by image file, folder, ``id:N``, ``--text`` or ``--sketch``."""
 
 from __future__ import annotations
 
@@ -16,8 +16,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     from cbir.search.searcher import Searcher
 
     text, where = args.text, args.where
+    if args.sketch is not None:
+        return _sketch(args)
+    if args.model is not None:
+        raise CbirError("--model is the sketch model of --sketch DRAWING; give --sketch too")
     if (text is None) == (args.query is None):
-        raise CbirError("give one of QUERY (an image file, a folder or id:N) or --text TEXT")
+        raise CbirError(
+            "give one of QUERY (an image file, a folder or id:N), --text TEXT or --sketch DRAWING"
+        )
     searcher = open_searcher(args)
     if searcher is not None and (text is not None or where is not None):
         searcher.close()
@@ -61,6 +67,33 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 1 if errors and not ok else 0
 
 
+def _sketch(args: argparse.Namespace) -> int:
+    """``--sketch DRAWING --model RUN_DIR``: search by a drawing (cbir.search.sketch)."""
+    from cbir.search.searcher import Searcher
+    from cbir.search.sketch import sketch_search
+
+    if args.query is not None or args.text is not None:
+        raise CbirError("--sketch DRAWING is the query; drop QUERY and --text")
+    if args.model is None:
+        raise CbirError(
+            "--sketch needs the sketch model: --model RUN_DIR (a `cbir train --method sketch` run)"
+        )
+    if args.store or args.rerank or args.html:
+        raise CbirError("--sketch searches the index itself; drop --store, --rerank and --html")
+    searcher = Searcher(args.index_dir)
+    try:
+        hits = sketch_search(searcher, args.model, args.sketch, args.k, args.where)
+    finally:
+        searcher.close()
+    if args.json:
+        print_json({"query": args.sketch, "results": [h.to_dict() for h in hits]})
+    else:
+        print(f"sketch: {args.sketch}")
+        for h in hits:
+            print(f"  {h.rank:>3}  {h.score:.4f}  {h.path}")
+    return 0
+
+
 def register(add: AddCommand) -> None:
     """Add ``cbir search``."""
     sp = add(
@@ -90,6 +123,18 @@ def register(add: AddCommand) -> None:
         metavar="FILTER",
         help="only images passing FILTER, e.g. \"year < 1900 and artist contains 'gogh'\""
         " (fields: id, path, name, width, height, size, tags, added, metadata fields)",
+    )
+    sp.add_argument(
+        "--sketch",
+        default=None,
+        metavar="DRAWING",
+        help="a drawing (dark strokes on light, PNG or JPEG) instead of QUERY; needs --model",
+    )
+    sp.add_argument(
+        "--model",
+        default=None,
+        metavar="RUN_DIR",
+        help="the sketch model of --sketch: a `cbir train --method sketch` run",
     )
     sp.add_argument("-k", type=int, default=10, help="results per query")
     sp.add_argument("--json", action="store_true", help="print each query and its results as JSON")

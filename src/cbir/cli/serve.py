@@ -89,6 +89,7 @@ def _app_from(settings: dict[str, Any]) -> Any:
         embed_threads=settings["embed_threads"],
         allowed_hosts=AllowedHosts.for_bind(settings["host"], settings["allow_hosts"]),
         max_query_bytes=settings["max_query_bytes"],
+        sketch_model=settings.get("sketch_model"),
     )
     _ = app.state.service.backbone  # load the model now, not on the first upload
     return app
@@ -127,6 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "host": args.host,
         "allow_hosts": list(args.allow_host),
         "max_query_bytes": int(args.max_query_mb * 1024 * 1024),
+        "sketch_model": os.path.abspath(args.sketch_model) if args.sketch_model else None,
     }
     # one app here even with workers: a bad index, key or store fails now, in one line
     app = _app_from(settings)
@@ -207,6 +209,13 @@ def register(add: AddCommand) -> None:
         default=512.0,
         help="most MB of uploaded query images kept under INDEX/queries/ for training when"
         " feedback names them (default 512; then feedback is refused, 507)",
+    )
+    sp.add_argument(
+        "--sketch-model",
+        default=None,
+        metavar="RUN_DIR",
+        help="a `cbir train --method sketch` run: the web page gets a drawing canvas and"
+        " POST /search/sketch searches by a drawing",
     )
     sp.add_argument(
         "--log-level",

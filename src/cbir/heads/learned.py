@@ -78,6 +78,11 @@ class LearnedTransform:
     """
 
     def __init__(self, ckpt: dict[str, Any], path: Path | None = None) -> None:
+        if "sketch" in ckpt:  # cbir.heads.sketch: it maps drawings, not indexed images
+            raise CbirError(
+                f"{path}: a sketch model maps drawings, not images; search an index with it:"
+                " `cbir search INDEX --sketch DRAWING --model RUN_DIR`"
+            )
         self.ckpt = ckpt
         self.path = path
         self.kind: str = ckpt["kind"]

@@ -52,6 +52,7 @@ def create_app(
     max_feedback_per_query: int = DEFAULT_FEEDBACK_PER_QUERY,
     max_query_bytes: int = DEFAULT_QUERY_BYTES,
     decode_slots: int | None = None,
+    sketch_model: str | os.PathLike[str] | None = None,
 ) -> FastAPI:
     """The service for ``index_dir``.
 
@@ -72,6 +73,8 @@ def create_app(
             step after each add and delete) instead of the index's faiss file.
         embed_threads: onnxruntime threads per upload (None: the backbone's default, all
             cores); concurrent uploads run in parallel either way.
+        sketch_model: a ``cbir train --method sketch`` run: ``POST /search/sketch``
+            searches by a drawing (:mod:`cbir.search.sketch`; None: that route answers 404).
     """
     svc = Service(
         index_dir,
@@ -85,6 +88,14 @@ def create_app(
         max_query_bytes=max_query_bytes,
         decode_slots=decode_slots,
     )
+    if sketch_model is not None:
+        from cbir.search.sketch import open_sketch_model
+
+        try:
+            svc.sketch_model = open_sketch_model(sketch_model, svc.store)
+        except BaseException:
+            svc.close()
+            raise
     key = ApiKey(api_key)
     hosts = (
         allowed_hosts if isinstance(allowed_hosts, AllowedHosts) else AllowedHosts(allowed_hosts)

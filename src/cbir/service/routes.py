@@ -102,6 +102,36 @@ def add_routes(app: FastAPI, svc: Service, writes_enabled: bool) -> None:
             svc.search_out(f"sha256:{sha}", feats, 10 if k is None else k, tag, where)
         )
 
+    @app.post(
+        "/search/sketch",
+        response_model=SearchOut,
+        summary="Search by a drawing (needs cbir serve --sketch-model)",
+    )
+    def search_sketch(
+        file: UploadFile = File(..., description="the drawing: dark strokes on light (PNG)"),
+        k: int | None = Form(None, description=f"number of results (1..{max_k}; default 10)"),
+        tag: str | None = Form(
+            None, max_length=ops.MAX_TAG_LEN, description="only images with this tag"
+        ),
+        where: str | None = Form(None, max_length=2000, description=WHERE_HELP),
+    ) -> Response:
+        from cbir.search.sketch import drawing_features
+
+        model = svc.sketch_model
+        if model is None:
+            raise ApiError(
+                404,
+                "this server has no sketch model; start it with"
+                " `cbir serve INDEX --sketch-model RUN_DIR`",
+                "no-sketch-model",
+            )
+        data = svc.read_upload(file)
+        feats = drawing_features(svc.backbone, data, file.filename or "drawing")
+        sha = hashlib.sha256(data).hexdigest()
+        return json_response(
+            svc.search_out(f"sketch:{sha}", model(feats), 10 if k is None else k, tag, where)
+        )
+
     @app.get("/search", response_model=SearchOut, summary="Search by an indexed image's id")
     async def search_id(
         id: int = Query(..., ge=0, le=MAX_ID, description="id of an indexed image"),
@@ -210,6 +240,7 @@ def add_routes(app: FastAPI, svc: Service, writes_enabled: bool) -> None:
             index_type=cfg["index_type"],
             threshold=svc.threshold(),
             writes=writes_enabled,
+            sketch=svc.sketch_model is not None,
         )
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")

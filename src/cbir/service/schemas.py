@@ -82,6 +82,7 @@ class HealthOut(BaseModel):
     index_type: str
     threshold: float | None
     writes: bool = Field(description="whether an API key is configured (add/delete enabled)")
+    sketch: bool = Field(False, description="whether POST /search/sketch answers (a sketch model)")
 
 
 class ErrorOut(BaseModel):

@@ -139,6 +139,7 @@ class Service:
         self._roots: tuple[int, list[str]] | None = None
         self.store_spec = store
         self.searcher = open_searcher(index_dir, store)
+        self.sketch_model: Any = None  # a cbir.heads.sketch.SketchModel (POST /search/sketch)
         self.store = self.searcher.store
         self.embed_threads = embed_threads
         self._backbone: Any = None

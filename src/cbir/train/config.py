@@ -147,6 +147,19 @@ class JointOptions(MethodOptions):
 
 
 @dataclass
+class SketchOptions(MethodOptions):
+    """A sketch branch into the image backbone's space (:mod:`cbir.train.methods.sketch`)."""
+
+    kind: ClassVar[str] = "float"
+    loss_options: dict[str, Any] = field(default_factory=dict)  # temperature, instance
+    sketches: int = 2  # drawings per training image (seeds 0..sketches-1)
+
+    @property
+    def width(self) -> int:
+        return 1280  # the backbone's feature space
+
+
+@dataclass
 class TrainConfig:
     """Everything a run depends on (saved as config.json): the common settings and the
     method family's ``options``.

@@ -17,6 +17,7 @@ from cbir.errors import CbirError
 from cbir.train.config import COMMON, FLAT_DEFAULTS, FinetuneOptions, TrainConfig
 from cbir.train.methods.base import Method
 from cbir.train.methods.joint import JointMethod
+from cbir.train.methods.sketch import SketchMethod
 from cbir.train.methods.sparse import SparseMethod
 from cbir.train.methods.supervised import HashingMethod, MetricMethod
 from cbir.train.methods.unsupervised import UnsupervisedMethod
@@ -24,7 +25,14 @@ from cbir.train.methods.unsupervised import UnsupervisedMethod
 #: The method families, by family name (their order is the order of ``all_methods``).
 FAMILIES: dict[str, Method] = {
     m.name: m
-    for m in (HashingMethod(), UnsupervisedMethod(), MetricMethod(), JointMethod(), SparseMethod())
+    for m in (
+        HashingMethod(),
+        UnsupervisedMethod(),
+        MetricMethod(),
+        JointMethod(),
+        SparseMethod(),
+        SketchMethod(),
+    )
 }
 #: Method name -> its family.
 METHODS: dict[str, Method] = {n: m for m in FAMILIES.values() for n in m.names()}

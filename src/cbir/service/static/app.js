@@ -172,7 +172,8 @@ async function sendFeedback(query, id, relevant, fig, button) {
 
 function rerun() {
   if (!last) return;
-  if (last.file) searchFile(last.file);
+  if (last.rerun) last.rerun();
+  else if (last.file) searchFile(last.file);
   else searchId(last.id);
 }
 
