@@ -92,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         head_init=args.head_init,
         distill=args.distill,
     )
-    joint = FAMILIES["joint"].names()
+    joint = FAMILIES["joint"].names() + FAMILIES["dcmh"].names()
     if args.captions and args.method not in joint:
         raise CbirError(
             f"--captions trains a joint image-text space: use --method {' or '.join(joint)}"

@@ -175,8 +175,27 @@ class LearnedTransform:
         t = torch.from_numpy(np.array(sentence_embeddings, dtype=np.float32))
         return l2_normalize(self.text_head((t - self.text_mean) / self.text_std).numpy())
 
+    @torch.no_grad()
+    def text_codes(self, sentence_embeddings: np.ndarray) -> np.ndarray:
+        """Packed binary codes of sentence-encoder embeddings (a cross-modal hashing model,
+        DCMH: the signs of the text head's outputs, packed as the image codes are)."""
+        if self.text_head is None:
+            raise CbirError(f"{self.path}: a {self.method} model has no text side")
+        from cbir.codes.bits import pack_bits
+
+        t = torch.from_numpy(np.array(sentence_embeddings, dtype=np.float32))
+        return pack_bits(self.text_head((t - self.text_mean) / self.text_std).numpy())
+
+    def text_queries(self, sentence_embeddings: np.ndarray) -> np.ndarray:
+        """What the index searches for sentence embeddings: unit vectors (a float joint
+        space) or packed codes (binary)."""
+        if self.kind == "binary":
+            return self.text_codes(sentence_embeddings)
+        return self.text_vectors(sentence_embeddings)
+
     def encode_text(self, texts: list[str] | tuple[str, ...]) -> np.ndarray:
-        """Unit vectors in the joint space of ``texts`` (sentence encoder, then text head)."""
+        """Queries in the joint space of ``texts`` (sentence encoder, then text head): unit
+        vectors, or packed codes for a binary (DCMH) model."""
         want = self.ckpt.get("text_encoder", {})
         have = text_fingerprint()
         if want.get("weights") not in (None, have["weights"]):
@@ -184,7 +203,7 @@ class LearnedTransform:
                 f"{self.path}: trained on sentence encoder {want.get('model')} weights {want.get('weights')},"
                 f" this cbir has {have['model']} {have['weights']}; retrain the model"
             )
-        return self.text_vectors(encode_texts(texts))
+        return self.text_queries(encode_texts(texts))
 
     def fit(self, features: np.ndarray) -> None:
         """Nothing to fit: the head was trained."""

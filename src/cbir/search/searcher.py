@@ -220,14 +220,15 @@ class Searcher:
         self, vectors: np.ndarray, k: int = 10, where: Any = None
     ) -> list[list[Hit]]:
         """Top-``k`` hits for rows already in the index's space (unit vectors of the
-        index's dimension, e.g. a caption through a joint model's text head), passing
-        ``where`` if given."""
+        index's dimension, e.g. a caption through a joint model's text head; packed codes
+        of a binary index), passing ``where`` if given."""
+        code = code_kind(self.transform)
+        if not code.float_queries:  # packed codes of a binary index (a DCMH text query)
+            return self.search_features(
+                code.check_rows(vectors, self.transform.dim).view(IndexVectors), k, where
+            )
         v = np.ascontiguousarray(vectors, np.float32)
-        if (
-            v.ndim != 2
-            or v.shape[1] != self.transform.dim
-            or not code_kind(self.transform).float_queries
-        ):
+        if v.ndim != 2 or v.shape[1] != self.transform.dim:
             raise CbirError(
                 f"{self.store.root}: expected float query vectors of dimension {self.transform.dim}"
             )

@@ -147,6 +147,21 @@ class JointOptions(MethodOptions):
 
 
 @dataclass
+class DCMHOptions(MethodOptions):
+    """Images and captions in one Hamming space (DCMH, :mod:`cbir.train.methods.dcmh`)."""
+
+    kind: ClassVar[str] = "binary"
+    bits: int = 64
+    captions: str | None = None  # the caption file (cbir.data.captions)
+    text_hidden: list[int] = field(default_factory=list)  # hidden widths of the text head
+    loss_options: dict[str, Any] = field(default_factory=dict)  # gamma, eta
+
+    @property
+    def width(self) -> int:
+        return self.bits
+
+
+@dataclass
 class SketchOptions(MethodOptions):
     """A sketch branch into the image backbone's space (:mod:`cbir.train.methods.sketch`)."""
 

@@ -279,9 +279,12 @@ def joint_metrics(
     text_vecs: np.ndarray,
     text_groups: np.ndarray,
     recall_at: tuple[int, ...] = RECALL_AT,
+    metric: str = "cosine",
 ) -> dict[str, float]:
-    """Recall@K and mAP image-to-text and text-to-image of unit vectors (module doc)."""
+    """Recall@K and mAP image-to-text and text-to-image of unit vectors (module doc), or
+    of packed binary codes (``metric="hamming"``, ties counted as expected values)."""
     kw = dict(
+        metric=metric,
         recall_at=recall_at,
         precision_at=(1,),
         hamming_radius=None,
@@ -295,8 +298,9 @@ def joint_metrics(
         ("i2t", image_vecs, image_groups, text_vecs, text_groups),
         ("t2i", text_vecs, text_groups, image_vecs, image_groups),
     ):
+        dtype = np.uint8 if metric == "hamming" else np.float32
         m = evaluate_retrieval(
-            np.ascontiguousarray(q, np.float32), np.ascontiguousarray(db, np.float32), ql, dbl, **kw
+            np.ascontiguousarray(q, dtype), np.ascontiguousarray(db, dtype), ql, dbl, **kw
         )
         for k in recall_at:
             out[f"{name}_recall@{k}"] = float(m[f"recall@{k}"])
@@ -317,8 +321,9 @@ def evaluate_joint(transform: Any, data: JointData, limit: int | None = None) ->
     return joint_metrics(
         transform(x),
         g,
-        transform.text_vectors(data.test_texts[keep_t]),
+        transform.text_queries(data.test_texts[keep_t]),
         data.test_text_groups[keep_t],
+        metric="hamming" if transform.kind == "binary" else "cosine",
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from cbir.errors import CbirError
 from cbir.train.config import COMMON, FLAT_DEFAULTS, FinetuneOptions, TrainConfig
 from cbir.train.methods.base import Method
+from cbir.train.methods.dcmh import DCMHMethod
 from cbir.train.methods.joint import JointMethod
 from cbir.train.methods.sketch import SketchMethod
 from cbir.train.methods.sparse import SparseMethod
@@ -30,6 +31,7 @@ FAMILIES: dict[str, Method] = {
         UnsupervisedMethod(),
         MetricMethod(),
         JointMethod(),
+        DCMHMethod(),
         SparseMethod(),
         SketchMethod(),
     )

@@ -50,7 +50,7 @@ class JointModel(Trainable):
     def __init__(self, cfg: TrainConfig, data: JointData) -> None:
         opts: Any = cfg.options
         self.cfg, self.data = cfg, data
-        self.loss_fn = joint_loss(cfg)
+        self.loss_fn = self.make_loss(cfg)
         x_np = np.ascontiguousarray(data.images, np.float32)
         t_np = np.ascontiguousarray(data.texts, np.float32)
         self.x_mean, self.x_std = _standardise(x_np)
@@ -71,7 +71,7 @@ class JointModel(Trainable):
         self.model = JointEmbedding(
             self.x.shape[1],
             self.t.shape[1],
-            opts.dim,
+            opts.width,  # VSE++: dim; DCMH: bits
             cfg.hidden,
             opts.text_hidden,
             cfg.dropout,
@@ -81,6 +81,10 @@ class JointModel(Trainable):
         self.bs = min(cfg.batch_size, self.n)
         self.steps_per_epoch = max(1, self.n // self.bs)
         self.gen = np.random.default_rng(cfg.seed)
+
+    def make_loss(self, cfg: TrainConfig) -> Any:
+        """The loss of :meth:`step` (a subclass may train the heads with another)."""
+        return joint_loss(cfg)
 
     def param_groups(self) -> list[Any]:
         return list(self.model.parameters())
