@@ -12,10 +12,12 @@ top K; tie-aware), mAP both ways, and rsum (the six recalls added up). Rows:
   names of its top-5 ImageNet classes (the backbone's own classifier), a caption its
   MiniLM embedding (:class:`cbir.heads.vsepp.ZeroShotJoint`);
 - VSE0: the sum of hinges over all negatives in the batch;
-- VSE++: the max of hinges, the hardest negative in the batch (Faghri et al., BMVC 2018).
+- VSE++: the max of hinges, the hardest negative in the batch (Faghri et al., BMVC 2018);
+- DCMH: Deep Cross-Modal Hashing (Jiang and Li, CVPR 2017), ``--bits`` binary codes on
+  both sides, ranked by Hamming distance (ties counted as expected values).
 
-Both trained rows use the same heads, epochs, batches and seed (``cbir train --method
-vse0|vsepp``).
+The trained rows use the same heads, epochs, batches and seed (``cbir train --method
+vse0|vsepp|dcmh``).
 
     python benchmarks/vsepp.py [--size 224] [--epochs 10] [--dim 256] [--train-limit N] [--json]
 
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--bits", type=int, default=64, help="DCMH code length")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--hidden", default="", help="image head hidden widths, e.g. 1024 ('' linear)")
@@ -94,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = make_config(**{**base.flat(), "method": method})
         res = train(cfg, tmp / method, progress=False, data=data)
         results.append({"row": name, **res})
+    flat = {k: v for k, v in base.flat().items() if k != "loss_options"}
+    cfg = make_config(**{**flat, "method": "dcmh", "bits": a.bits})
+    res = train(cfg, tmp / "dcmh", progress=False, data=data)
+    results.append({"row": f"DCMH ({a.bits} bits, Hamming)", **res})
     info = {
         "size": a.size,
         "epochs": a.epochs,

@@ -14,11 +14,14 @@ import pytest
 from cbir.data.captions import fashion_mnist_captions, write_captions_json
 from cbir.errors import CbirError
 from cbir.heads.learned import LearnedTransform
+from cbir.heads.sketch import SketchModel
 from cbir.train.config import (
     FLAT_DEFAULTS,
+    DCMHOptions,
     HashingOptions,
     JointOptions,
     MetricOptions,
+    SketchOptions,
     SparseOptions,
     TrainConfig,
     UnsupervisedOptions,
@@ -59,7 +62,7 @@ def captions(tmp_path_factory) -> Path:
 
 
 def test_every_method_has_one_family():
-    assert len(all_methods()) == len(set(all_methods())) == 23
+    assert len(all_methods()) == len(set(all_methods())) == 25
     for name in ("dsh", "hashnet", "csq", "lsh", "itq", "autoencoder", "triplet", "arcface"):
         assert name in METHODS
     assert get_method("vsepp") is FAMILIES["joint"] and get_method("sparse-l1").name == "sparse"
@@ -69,6 +72,8 @@ def test_every_method_has_one_family():
         MetricOptions,
         JointOptions,
         SparseOptions,
+        DCMHOptions,
+        SketchOptions,
     }
     with pytest.raises(CbirError, match="unknown method 'nope'; known: dsh, dpsh"):
         get_method("nope")
@@ -79,17 +84,24 @@ def test_every_method_has_one_family():
 def test_each_method_trains_a_run_that_loads(method, data, captions, tmp_path):
     family = get_method(method)
     cfg = make_config(TINY, method=method, **{"bits": 16, "dim": 16, **NEEDS.get(method, {})})
-    if family.name == "joint":
+    joint = family.name in ("joint", "dcmh")  # trained on caption pairs
+    if joint:
         cfg = make_config(cfg.flat(), captions=str(captions))
     assert isinstance(cfg.options, family.options)
     run = tmp_path / "run"
     res = train(cfg, run, progress=False, data=data, final_eval=False)
     assert res["method"] == method and res["n_train"] > 0
-    t = LearnedTransform.from_path(run)
-    assert (t.method, t.kind, t.dim) == (method, cfg.kind(), cfg.options.width)
-    assert t.joint == (family.name == "joint")
-    codes = t(data.query[:5])
-    assert codes.shape[0] == 5
+    if family.name == "sketch":  # a drawing's features -> predicted image features
+        with pytest.raises(CbirError, match="--sketch DRAWING"):
+            LearnedTransform.from_path(run)
+        t = SketchModel.from_path(run)
+        assert t(data.query[:5]).shape == (5, data.query.shape[1])
+    else:
+        t = LearnedTransform.from_path(run)
+        assert (t.method, t.kind, t.dim) == (method, cfg.kind(), cfg.options.width)
+        assert t.joint == joint
+        codes = t(data.query[:5])
+        assert codes.shape[0] == 5
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows and np.isfinite(rows[0]["loss"])
     if family.name != "unsupervised":  # the loop ran: one epoch, evaluated
