@@ -114,7 +114,10 @@ def test_float_filters_inside_faiss():
 
 
 def test_registry_and_conventions():
-    assert set(KINDS) == {"float", "binary", "sparse"}
+    subic = {
+        f"subic-k{2**b}" for b in range(1, 9)
+    }  # one per block size (tests/codes/test_subic.py)
+    assert set(KINDS) == {"float", "binary", "sparse"} | subic
     assert code_kind(types.SimpleNamespace(kind="binary")) is KINDS["binary"]
     with pytest.raises(CbirError, match="unknown code kind 'ternary'"):
         code_kind("ternary")

@@ -26,6 +26,7 @@ from cbir.train.config import (
     TrainConfig,
     UnsupervisedOptions,
 )
+from cbir.train.methods.subic import SubicOptions
 from cbir.train.plots import redraw
 from cbir.train.registry import FAMILIES, METHODS, all_methods, get_method, make_config, read_config
 from cbir.train.trainer import load_data, train
@@ -62,7 +63,7 @@ def captions(tmp_path_factory) -> Path:
 
 
 def test_every_method_has_one_family():
-    assert len(all_methods()) == len(set(all_methods())) == 25
+    assert len(all_methods()) == len(set(all_methods())) == 27
     for name in ("dsh", "hashnet", "csq", "lsh", "itq", "autoencoder", "triplet", "arcface"):
         assert name in METHODS
     assert get_method("vsepp") is FAMILIES["joint"] and get_method("sparse-l1").name == "sparse"
@@ -74,6 +75,7 @@ def test_every_method_has_one_family():
         SparseOptions,
         DCMHOptions,
         SketchOptions,
+        SubicOptions,
     }
     with pytest.raises(CbirError, match="unknown method 'nope'; known: dsh, dpsh"):
         get_method("nope")
@@ -98,7 +100,9 @@ def test_each_method_trains_a_run_that_loads(method, data, captions, tmp_path):
         assert t(data.query[:5]).shape == (5, data.query.shape[1])
     else:
         t = LearnedTransform.from_path(run)
-        assert (t.method, t.kind, t.dim) == (method, cfg.kind(), cfg.options.width)
+        # SUBIC: --bits counts bits of information, the codes have M * K columns
+        width = getattr(cfg.options, "outputs", cfg.options.width)
+        assert (t.method, t.kind, t.dim) == (method, cfg.kind(), width)
         assert t.joint == joint
         codes = t(data.query[:5])
         assert codes.shape[0] == 5

@@ -10,6 +10,7 @@ branch on the kind's name.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -106,6 +107,12 @@ class CodeKind(ABC):
     def scores(self, q: Any, db: Any, dim: int) -> np.ndarray:
         """Dense ``(len(q), len(db))`` scores, higher is better (exact; the kind's score
         convention: cosine, or ``1 - hamming / bits``)."""
+
+    def eval_scorer(self, q: Any, db: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+        """For evaluation: ``scorer(query_rows) -> (len(rows), len(db))`` exact scores where
+        they are not the inner products of the two sides' codes (asymmetric codes); None:
+        inner products (or Hamming distances) of ``q`` and ``db``."""
+        return None
 
     def to_scores(self, raw: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray | None]:
         """(scores, distances or None) of raw search values (see :attr:`lower_is_better`)."""

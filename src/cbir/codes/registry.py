@@ -8,10 +8,13 @@ from cbir.codes.base import CodeKind
 from cbir.codes.binary import BinaryCodes
 from cbir.codes.float import FloatCodes
 from cbir.codes.sparse import SparseCodes
+from cbir.codes.subic import SUBIC_KINDS
 from cbir.errors import CbirError
 
 #: Every code kind by name.
-KINDS: dict[str, CodeKind] = {k.name: k for k in (FloatCodes(), BinaryCodes(), SparseCodes())}
+KINDS: dict[str, CodeKind] = {
+    k.name: k for k in (FloatCodes(), BinaryCodes(), SparseCodes(), *SUBIC_KINDS)
+}
 
 
 def code_kind(name: Any) -> CodeKind:

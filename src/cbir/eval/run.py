@@ -84,6 +84,9 @@ def evaluate_features(
         "progress": progress,
         "hamming_radius": 2 if code.metric == "hamming" else None,
     }
+    scorer = code.eval_scorer(q, db)  # asymmetric codes (SUBIC): their own scores
+    if scorer is not None:
+        kw["scores"] = scorer
     kw.update(options)
     if rerank is not None:
         if not code.rerankable:

@@ -20,6 +20,7 @@ from cbir.train.methods.dcmh import DCMHMethod
 from cbir.train.methods.joint import JointMethod
 from cbir.train.methods.sketch import SketchMethod
 from cbir.train.methods.sparse import SparseMethod
+from cbir.train.methods.subic import SubicMethod
 from cbir.train.methods.supervised import HashingMethod, MetricMethod
 from cbir.train.methods.unsupervised import UnsupervisedMethod
 
@@ -34,6 +35,7 @@ FAMILIES: dict[str, Method] = {
         DCMHMethod(),
         SparseMethod(),
         SketchMethod(),
+        SubicMethod(),
     )
 }
 #: Method name -> its family.

@@ -16,6 +16,7 @@ from cbir.losses.hashing.dlbhc import DLBHC, DLBHCHead
 from cbir.losses.hashing.dpsh import DPSH
 from cbir.losses.hashing.dsh import DSH
 from cbir.losses.hashing.hashnet import HashNet
+from cbir.losses.hashing.subic import SUBIC
 from cbir.losses.hashing.triplet_tanh import TripletTanh
 
 HASHING_LOSSES: dict[str, type[HashingLoss]] = {
@@ -47,6 +48,7 @@ __all__ = [
     "HASHING_LOSSES",
     "HashNet",
     "HashingLoss",
+    "SUBIC",
     "TripletTanh",
     "get_hashing_loss",
     "hamming_distances",

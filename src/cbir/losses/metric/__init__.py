@@ -4,8 +4,8 @@ Every loss is a PML loss: ``loss(embeddings, labels, indices_tuple=None) -> scal
 with PML's default distance (Euclidean on L2-normalised embeddings, or cosine
 similarity) unless ``distance=`` is passed. Losses with proxies or a classifier own
 parameters (``loss.parameters()`` go to the optimiser). Every miner is a PML miner:
-``miner(embeddings, labels) -> indices_tuple``. Only center loss (:mod:`.center`) and
-two trivial miners (:mod:`.miners`) are written here; the rest is PML, configured as in
+``miner(embeddings, labels) -> indices_tuple``. Only center loss (:mod:`.center`), DAML
+(:mod:`.daml`) and two trivial miners (:mod:`.miners`) are written here; the rest is PML, configured as in
 its paper. ``DEFAULT_MINERS`` is each loss's usual miner (None: the loss uses every
 pair / triplet / sample of the batch), as the benchmark runs it.
 """
@@ -21,6 +21,7 @@ from torch import nn
 
 from cbir.errors import CbirError
 from cbir.losses.metric.center import CenterLoss, SoftmaxCenterLoss
+from cbir.losses.metric.daml import DAMLLoss
 from cbir.losses.metric.miners import AllTripletsMiner, RandomTripletsMiner
 
 
@@ -71,6 +72,11 @@ def _normalized_softmax(dim: int, n_classes: int, **kw: Any) -> nn.Module:
     return pml_losses.NormalizedSoftmaxLoss(n_classes, dim, **{"temperature": 0.05, **kw})
 
 
+def _daml(dim: int, n_classes: int, **kw: Any) -> nn.Module:
+    """DAML (Duan et al., CVPR 2018): a generator of hard negatives, see :mod:`.daml`."""
+    return DAMLLoss(dim, **kw)
+
+
 METRIC_LOSSES: dict[str, Callable[..., nn.Module]] = {
     "contrastive": _contrastive,
     "triplet": _triplet,
@@ -81,6 +87,7 @@ METRIC_LOSSES: dict[str, Callable[..., nn.Module]] = {
     "multi-similarity": _multi_similarity,
     "arcface": _arcface,
     "normalized-softmax": _normalized_softmax,
+    "daml": _daml,
 }
 
 DEFAULT_MINERS: dict[str, str | None] = {
@@ -93,6 +100,7 @@ DEFAULT_MINERS: dict[str, str | None] = {
     "multi-similarity": "multi-similarity",
     "arcface": None,
     "normalized-softmax": None,
+    "daml": None,  # one random triplet per anchor, made hard by the generator
 }
 
 
@@ -155,6 +163,7 @@ __all__ = [
     "MINERS",
     "AllTripletsMiner",
     "CenterLoss",
+    "DAMLLoss",
     "RandomTripletsMiner",
     "SoftmaxCenterLoss",
     "get_metric_loss",
