@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 # Every extra: what `make test` needs (torch==2.13.0 pinned in each pip command below).
-ALL_EXTRAS := test,train,text,plots,fast,formats,ray,milvus
+ALL_EXTRAS := test,train,text,plots,fast,formats,ray,milvus,onnx-clip
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 

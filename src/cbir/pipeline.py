@@ -160,9 +160,12 @@ def create_or_open(
         and transform.backbone != bb.fingerprint
     ):
         raise CbirError("the model was trained on another backbone; retrain it with this cbir")
-    # a new index is centred unless asked not to be (docs/evaluation.md)
+    # a new index is centred unless asked not to be (docs/evaluation.md); an image-text
+    # backbone's is not: text queries share the uncentred space (docs/text.md)
+    if center is None:
+        center = getattr(bb, "embed_text", None) is None
     transform = transform or FrozenTransform(
-        dim=bb.dim, center=center is not False, whiten=pooling_mod.whitens(bb.fingerprint, whiten)
+        dim=bb.dim, center=center, whiten=pooling_mod.whitens(bb.fingerprint, whiten)
     )
     if n_images is not None:
         vector_index.check_index_type(index_type or DEFAULT_INDEX_TYPE, transform, n_images)

@@ -61,6 +61,9 @@ class OnnxFileBackbone(ImageBackbone):
     """
 
     name = "onnx"
+    #: normalisation when neither the options nor the model's metadata give one
+    default_mean: tuple[float, float, float] = IMAGENET_MEAN
+    default_std: tuple[float, float, float] = IMAGENET_STD
 
     def __init__(
         self,
@@ -100,10 +103,10 @@ class OnnxFileBackbone(ImageBackbone):
         size = int(size or declared or DEFAULT_SIZE)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.mean = _triple(
-            mean if mean is not None else meta.get("mean", IMAGENET_MEAN), "mean", str(path)
+            mean if mean is not None else meta.get("mean", self.default_mean), "mean", str(path)
         )
         self.std = _triple(
-            std if std is not None else meta.get("std", IMAGENET_STD), "std", str(path)
+            std if std is not None else meta.get("std", self.default_std), "std", str(path)
         )
         outputs = [o.name for o in self.session.get_outputs()]
         if output is not None and output not in outputs:

@@ -16,7 +16,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cbir.backbones import efficientnet_int8, efficientnet_lite, onnx_file
+from cbir.backbones import (
+    efficientnet_int8,
+    efficientnet_lite,
+    onnx_clip,
+    onnx_file,
+    openclip,
+    timm_model,
+)
 from cbir.backbones.base import Backbone, top_classes
 from cbir.errors import CbirError
 
@@ -65,7 +72,8 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 def _entry(name: str) -> tuple[Factory, Reopen | None]:
     if name not in _REGISTRY:
         raise CbirError(
-            f"unknown backbone {name!r}; known: {', '.join(names())} (or onnx:PATH.onnx)"
+            f"unknown backbone {name!r}; known: {', '.join(names())} (onnx:PATH.onnx,"
+            " onnx-clip:DIR, open_clip:MODEL[:WEIGHTS], timm:MODEL[:CHECKPOINT])"
         )
     return _REGISTRY[name]
 
@@ -73,8 +81,10 @@ def _entry(name: str) -> tuple[Factory, Reopen | None]:
 def normalize_spec(spec: str) -> str:
     """``spec`` with a file ARG made absolute (what an index records)."""
     name, arg = split_spec(spec)
-    if arg is not None and name == "onnx":
+    if arg is not None and name in ("onnx", "onnx-clip"):
         arg = os.path.abspath(os.path.expanduser(arg))
+    elif arg is not None and name in _REGISTRY:  # e.g. open_clip:MODEL:WEIGHTS
+        arg = getattr(_REGISTRY[name][0], "normalize_arg", lambda a: a)(arg)
     return name if arg is None else f"{name}:{arg}"
 
 
@@ -98,7 +108,8 @@ def describe(fp: Mapping[str, Any]) -> str:
     if name == DEFAULT and "weights" in fp:
         return efficientnet_lite.describe(dict(fp))
     ident = fp.get("sha256") or fp.get("weights")
-    return f"{name} backbone ({f'sha256 {str(ident)[:12]}, ' if ident else ''}{size} px)"
+    model = f"{fp['model']}, " if fp.get("model") else ""
+    return f"{name} backbone ({model}{f'sha256 {str(ident)[:12]}, ' if ident else ''}{size} px)"
 
 
 def backbone_for(
@@ -143,3 +154,6 @@ def backbone_for(
 register(DEFAULT, efficientnet_lite.open_efficientnet, efficientnet_lite.reopen)
 register("onnx", onnx_file.OnnxFileBackbone)
 register(efficientnet_int8.NAME, efficientnet_int8.open_int8)
+register("onnx-clip", onnx_clip.OnnxClipBackbone)
+register("open_clip", openclip.OpenClipBackbone)
+register("timm", timm_model.TimmBackbone)

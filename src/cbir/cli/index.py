@@ -97,7 +97,8 @@ def register(add: AddCommand) -> None:
         dest="center",
         action="store_true",
         default=None,
-        help="centre features on the collection mean before cosine (the default of a new index)",
+        help="centre features on the collection mean before cosine (the default of a new index,"
+        " except with an image-text backbone)",
     )
     centring.add_argument(
         "--no-center",
@@ -123,9 +124,10 @@ def register(add: AddCommand) -> None:
         "--backbone",
         default=None,
         metavar="NAME_OR_SPEC",
-        help="the model of a new index: efficientnet-lite0 (default), efficientnet-lite0-int8"
-        " or onnx:PATH.onnx"
-        " (see docs/backbones.md); an existing index keeps its own",
+        help="the model of a new index: efficientnet-lite0 (default), efficientnet-lite0-int8,"
+        " onnx:PATH.onnx, or an image-text model for --text: onnx-clip:DIR,"
+        " open_clip:MODEL[:WEIGHTS] (also timm:MODEL[:CHECKPOINT]; see docs/backbones.md);"
+        " an existing index keeps its own",
     )
     sp.add_argument(
         "--pooling",

@@ -43,12 +43,21 @@ def cmd_search(args: argparse.Namespace) -> int:
             results = searcher.search_query(args.query, args.k, where=where)
         else:
             results = searcher.search_query(args.query, args.k)
+        hint = None
+        if text is not None and not results[0][1]:  # say why, and what to try (exit 0)
+            from cbir.search.text import why_no_hits
+
+            hint = why_no_hits(searcher, text, args.text_mode, where)
     finally:
         searcher.close()
     ok = [(q, r) for q, r in results if not isinstance(r, Exception)]
     errors = [(q, r) for q, r in results if isinstance(r, Exception)]
+    if hint is not None:
+        print(f"cbir: nothing found: {hint}", file=sys.stderr)
     if args.json:
         out = [{"query": q, "results": [h.to_dict() for h in hits]} for q, hits in ok]
+        if hint is not None:
+            out[0]["hint"] = hint
         out += [{"query": q, "error": str(e), "reason": e.reason} for q, e in errors]
         print_json(out[0] if len(out) == 1 else out)
     else:
@@ -111,11 +120,13 @@ def register(add: AddCommand) -> None:
     )
     sp.add_argument(
         "--text-mode",
-        choices=("auto", "metadata", "classes", "joint"),
+        choices=("auto", "metadata", "classes", "joint", "backbone"),
         default="auto",
         help="metadata: FTS5 over sidecar/EXIF fields and tags; classes: ImageNet class"
-        " keywords via MiniLM; joint: the index's VSE++ model; auto: metadata, then"
-        " joint or classes",
+        " keywords via MiniLM; joint: the index's VSE++ model; backbone: the index's"
+        " image-text backbone (onnx-clip:, open_clip:) embeds the text; auto: metadata, then"
+        " backbone, joint or classes, whichever the index has (a search that finds nothing"
+        " says why on stderr and exits 0)",
     )
     sp.add_argument(
         "--where",

@@ -15,8 +15,14 @@ Modes of :func:`search_text` (``cbir search INDEX --text "..." --text-mode MODE`
   the zero-shot "semantic embedding of class names" idea (ConSE: Norouzi et al., "Zero-Shot
   Learning by Convex Combination of Semantic Embeddings", ICLR 2014) used for retrieval.
 - ``joint``: the index's VSE++ image-text model (:mod:`cbir.search.joint`).
-- ``auto``: metadata hits first when the index has any text, then the joint model's
-  hits if the index has one, else class-keyword hits, up to ``k``.
+- ``backbone``: the index's backbone embeds the text itself (an image-text model such as
+  CLIP, Radford et al. ICML 2021: ``--backbone onnx-clip:DIR`` or ``open_clip:MODEL:WEIGHTS``),
+  and the images nearest to it are returned.
+- ``auto``: metadata hits first when the index has any text, then the backbone's text hits
+  if it embeds text, else the joint model's hits if the index has one, else class-keyword
+  hits, up to ``k``.
+
+A search that finds nothing is explained by :func:`why_no_hits`.
 
 A ``where`` filter (:mod:`cbir.search.where`) applies in every mode.
 """
@@ -43,7 +49,7 @@ if TYPE_CHECKING:
     from cbir.search.searcher import Searcher
     from cbir.search.where import Where
 
-MODES = ("auto", "metadata", "classes", "joint")
+MODES = ("auto", "metadata", "classes", "joint", "backbone")
 #: Classes kept per query: the closest MATCH_TOP names within MATCH_MARGIN of the best,
 #: and never below MATCH_MIN cosine similarity.
 MATCH_TOP = 5
@@ -120,8 +126,8 @@ def name_embeddings() -> np.ndarray:
     return emb
 
 
-def match_classes(text: str) -> list[tuple[int, float]]:
-    """(ImageNet class, cosine similarity) pairs the query maps to, best first."""
+def class_similarities(text: str) -> np.ndarray:
+    """Cosine similarity of the query to each ImageNet class (its closest name), ``(1000,)``."""
     from cbir.backbones.minilm import get_encoder
 
     cn = class_names()
@@ -131,6 +137,12 @@ def match_classes(text: str) -> list[tuple[int, float]]:
     sims = (name_embeddings() * q).sum(1)
     per_class = np.full(1000, -1.0, np.float32)
     np.maximum.at(per_class, cn.owner, sims)
+    return per_class
+
+
+def match_classes(text: str) -> list[tuple[int, float]]:
+    """(ImageNet class, cosine similarity) pairs the query maps to, best first."""
+    per_class = class_similarities(text)
     order = np.argsort(-per_class, kind="stable")[:MATCH_TOP]
     best = float(per_class[order[0]])
     return [
@@ -265,6 +277,77 @@ def joint_search(searcher: Searcher, text: str, k: int, where: Where | None = No
     return hits
 
 
+def backbone_has_text(store: Any) -> bool:
+    """True if the index's backbone embeds text too (its fingerprint records a text model)."""
+    return bool(store.config.get("backbone", {}).get("text"))
+
+
+def _no_backbone_text(store: Any) -> CbirError:
+    from cbir.backbones.registry import describe
+
+    return CbirError(
+        f"{store.root}: its {describe(store.config['backbone'])} embeds images only; index"
+        " with an image-text backbone (--backbone onnx-clip:DIR or open_clip:MODEL:WEIGHTS,"
+        " docs/text.md) into a new --index, or use --text-mode metadata/classes"
+    )
+
+
+def backbone_search(searcher: Searcher, text: str, k: int, where: Where | None = None) -> list[Hit]:
+    """The images nearest to the backbone's embedding of ``text`` (CLIP-type backbones)."""
+    store = searcher.store
+    if not backbone_has_text(store):
+        raise _no_backbone_text(store)
+    query = np.asarray(searcher.backbone.embed_text([text]), np.float32)
+    hits = searcher.search_features(query, k, where)[0]  # through the index's transform
+    for h in hits:
+        h.source = "backbone"
+    return hits
+
+
+def _closest(text: str, n: int = 3) -> str:
+    sims = class_similarities(text)
+    label = class_names().label
+    return ", ".join(f"{label[c]} ({sims[c]:.2f})" for c in np.argsort(-sims, kind="stable")[:n])
+
+
+def why_no_hits(searcher: Searcher, text: str, mode: str = "auto", where: Any = None) -> str:
+    """Why a text search found nothing, and what to try (one line)."""
+    store = searcher.store
+    why: list[str] = []
+    if mode in ("auto", "metadata"):
+        why.append(
+            "no metadata matched" if metadata.has_text(store.conn) else "no image has metadata"
+        )
+    if mode == "backbone" or (mode == "auto" and backbone_has_text(store)):
+        why.append("no image is indexed" if not len(searcher) else "no image passed --where")
+    elif mode == "joint" or (mode == "auto" and has_joint(store.root)):
+        why.append("no image passed --where" if where is not None else "no image is indexed")
+    elif mode in ("auto", "classes"):
+        from cbir.backbones.minilm import available
+
+        if not available():
+            why.append("class keywords need cbir[text]")
+        else:
+            matched = match_classes(text)
+            label = class_names().label
+            if not matched:
+                why.append(
+                    f"no ImageNet class is close to {text!r} (similarity >= {MATCH_MIN});"
+                    f" closest classes: {_closest(text)}"
+                )
+            else:
+                names = ", ".join(label[c] for c, _ in matched)
+                why.append(
+                    f"no image{' passing --where' if where is not None else ''} is classified"
+                    f" as any of the ImageNet classes closest to {text!r} ({names})"
+                )
+    return (
+        "; ".join(why) + ". Try other words; a metadata.csv beside the images (then cbir index);"
+        " an example image (cbir search INDEX PHOTO); or an image-text backbone that embeds"
+        " text: cbir index --backbone onnx-clip:DIR or open_clip:MODEL:WEIGHTS (docs/text.md)"
+    )
+
+
 def search_text(
     searcher: Searcher, text: str, k: int = 10, where: Where | None = None, mode: str = "auto"
 ) -> list[Hit]:
@@ -290,13 +373,17 @@ def search_text(
         hits = class_search(store, text, k, where)
     elif mode == "joint":
         hits = joint_search(searcher, text, k, where)
+    elif mode == "backbone":
+        hits = backbone_search(searcher, text, k, where)
     else:
         hits = metadata_search(store, text, k, where) if metadata.has_text(store.conn) else []
         if len(hits) < k:
             seen = {h.id for h in hits}
             from cbir.backbones.minilm import available
 
-            if has_joint(store.root):
+            if backbone_has_text(store):
+                more = backbone_search(searcher, text, k + len(hits), where)
+            elif has_joint(store.root):
                 more = joint_search(searcher, text, k + len(hits), where)
             elif hits and not available():  # base install: metadata hits only (cbir[text])
                 more = []
