@@ -336,10 +336,10 @@ def why_no_hits(searcher: Searcher, text: str, mode: str = "auto", where: Any = 
                     f" closest classes: {_closest(text)}"
                 )
             else:
-                names = ", ".join(label[c] for c, _ in matched)
+                names = ", ".join(f"{label[c]} ({s:.2f})" for c, s in matched)
                 why.append(
                     f"no image{' passing --where' if where is not None else ''} is classified"
-                    f" as any of the ImageNet classes closest to {text!r} ({names})"
+                    f" as any of the ImageNet classes closest to {text!r}: {names}"
                 )
     return (
         "; ".join(why) + ". Try other words; a metadata.csv beside the images (then cbir index);"
