@@ -149,3 +149,77 @@ def test_search_click_feedback_tag_and_no_match_in_a_browser(
     # no script errors or Content-Security-Policy violations (refused requests aside)
     logs = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert all("Failed to load resource" in m and "415" in m for m in logs), logs
+
+
+def test_text_box_and_where_filter_in_a_browser(browser, photos_dir, tmp_path):
+    """An index built with an image-text backbone (the tiny ONNX CLIP): words typed in the
+    text box find the picture they describe; the where filter narrows text and image
+    searches; a text search that finds nothing says why on the page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from cbir.pipeline import index_folder
+    from cbir_testing.tiny_clip import write_colour_images, write_tiny_clip
+
+    root = tmp_path / "photos"
+    shutil.copytree(photos_dir, root)
+    write_colour_images(root / "plain")
+    idx = tmp_path / "idx"
+    model = write_tiny_clip(tmp_path / "tiny-clip")
+    index_folder(root, idx, backbone=f"onnx-clip:{model}", progress=False)
+    store = IndexStore.open(idx)
+    n = store.count()  # the photos and the 6 plain pictures
+    store.close()
+    wait = WebDriverWait(browser, 20)
+
+    def results() -> list:
+        return browser.find_elements(By.CSS_SELECTOR, "#results figure.result")
+
+    def names() -> list[str]:
+        return [r.find_element(By.CSS_SELECTOR, ".path").text for r in results()]
+
+    def query() -> str:
+        return browser.find_element(By.ID, "results").get_attribute("data-query") or ""
+
+    with serve_subprocess(idx) as url:
+        browser.get(url + "/")
+        wait.until(lambda d: f"{n} images" in d.find_element(By.ID, "info").text)
+        text = browser.find_element(By.ID, "text")
+        text.send_keys("green", Keys.ENTER)
+        wait.until(lambda d: query() == "text:green" and len(results()) == min(n, 20))
+        assert names()[0] == "plain-green.png"
+        assert browser.current_url.endswith("#text=green")
+        text.clear()
+        text.send_keys("blue")
+        browser.find_element(By.ID, "text-go").click()
+        wait.until(lambda d: query() == "text:blue" and names()[0] == "plain-blue.png")
+        assert not results()[0].find_elements(By.CSS_SELECTOR, ".feedback")  # no key, text
+
+        # the where filter re-runs the text search with only the images passing it
+        where = browser.find_element(By.ID, "where")
+        where.send_keys("not path contains 'plain'", Keys.ENTER)
+        wait.until(lambda d: "passing" in d.find_element(By.ID, "status").text)
+        assert len(names()) == n - 6 and not any(n.startswith("plain-") for n in names())
+        # ... and an image search too (a click on a result searches by it)
+        first = int(results()[0].get_attribute("data-id"))
+        results()[0].find_element(By.CSS_SELECTOR, "button.open").click()
+        wait.until(lambda d: query() == f"id:{first}")
+        assert len(names()) == n - 6 and not any(n.startswith("plain-") for n in names())
+
+        # nothing passes: the page says why instead of an empty grid
+        where.clear()
+        where.send_keys("name = 'no such file.png'", Keys.ENTER)
+        wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("0 results"))
+        text.clear()
+        text.send_keys("red", Keys.ENTER)
+        wait.until(lambda d: d.find_element(By.ID, "why").is_displayed())
+        assert "no image passed --where" in browser.find_element(By.ID, "why").text
+        where.clear()
+        where.send_keys(Keys.ENTER)
+        wait.until(lambda d: query() == "text:red" and results())
+        assert names()[0] == "plain-red.png"
+        assert not browser.find_element(By.ID, "why").is_displayed()
+
+    logs = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not logs, logs

@@ -146,6 +146,23 @@ def add_routes(app: FastAPI, svc: Service, writes_enabled: bool) -> None:
 
         return run() if svc.inline_ok() and not where else await run_in_threadpool(run)
 
+    @app.get("/search/text", response_model=SearchOut, summary="Search by text")
+    def search_text(
+        q: str = Query(..., min_length=1, max_length=1000, description="the words"),
+        k: int = Query(10, description=f"number of results (1..{max_k})"),
+        tag: str | None = Query(
+            None, max_length=ops.MAX_TAG_LEN, description="only images with this tag"
+        ),
+        where: str | None = Query(None, max_length=2000, description=WHERE_HELP),
+        mode: str = Query(
+            "auto",
+            pattern="^(auto|metadata|classes|joint|backbone)$",
+            description="as cbir search --text-mode: auto picks the index's image-text"
+            " backbone when it has one (docs/text.md)",
+        ),
+    ) -> Response:
+        return json_response(svc.search_text_out(q, k, tag, where, mode))
+
     @app.get(
         "/images/{id}",
         summary="An indexed image, by id",

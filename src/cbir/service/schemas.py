@@ -33,7 +33,8 @@ class SearchOut(BaseModel):
     """Ranked results of one query."""
 
     query: str = Field(
-        description="id:N or sha256:<hex> of the uploaded image (use it in /feedback)"
+        description="id:N or sha256:<hex> of the uploaded image (use it in /feedback),"
+        " or text:<the words> of a text search"
     )
     k: int
     tag: str | None
@@ -42,6 +43,9 @@ class SearchOut(BaseModel):
     no_match: bool = Field(description="true when the best score is below the threshold")
     generation: int
     results: list[HitOut]
+    hint: str | None = Field(
+        None, description="text search only: why nothing was found, and what to try"
+    )
 
 
 class AddedOut(BaseModel):

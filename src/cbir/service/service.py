@@ -286,7 +286,50 @@ class Service:
             raise ApiError(400, "where filters need the embedded index (not --store)", "bad-where")
         parsed = self.searcher.where(where)  # a bad filter: CbirError -> 400 saying what is allowed
         pairs, gen = self.search(features, k, tag, parsed)
-        thr = self.threshold()
+        return self._out(query, pairs, gen, k, tag, where, self.threshold())
+
+    def search_text_out(
+        self, text: str, k: int, tag: str | None, where: str | None = None, mode: str = "auto"
+    ) -> SearchOut:
+        """Results of a text query (:mod:`cbir.search.text`: metadata, ImageNet class
+        keywords, the index's joint model or image-text backbone), with a ``hint`` saying
+        why when nothing is found."""
+        from cbir.search.text import search_text, why_no_hits
+
+        if not 1 <= k <= self.max_k:
+            raise ApiError(422, f"k must be between 1 and {self.max_k}", "bad-k")
+        if not self.searcher.local:
+            raise ApiError(400, "text search needs the embedded index (not --store)", "bad-text")
+        tag = (tag or "").strip().lower() or None
+        where = (where or "").strip() or None
+        parsed = self.searcher.where(where)
+
+        def run() -> list[tuple[Hit, Any]]:
+            one_omp_thread()
+            kk = k if not tag else max(4 * k, 64)
+            hits = search_text(self.searcher, text, kk, parsed, mode)
+            rows = {r["id"]: r for r in self.store.rows([h.id for h in hits])}
+            pairs = [(h, rows[h.id]) for h in hits if h.id in rows]
+            if tag:
+                pairs = [(h, r) for h, r in pairs if tag in ops.tag_set(r["tags"])]
+            return pairs[:k]
+
+        pairs, gen = self.consistent_read(run)
+        out = self._out(f"text:{text.strip()}", pairs, gen, k, tag, where, None)
+        if not pairs:
+            out.hint = why_no_hits(self.searcher, text, mode, parsed)
+        return out
+
+    def _out(
+        self,
+        query: str,
+        pairs: list[tuple[Hit, Any]],
+        gen: int,
+        k: int,
+        tag: str | None,
+        where: str | None,
+        thr: float | None,
+    ) -> SearchOut:
         roots = self.roots()
         results = [
             HitOut(

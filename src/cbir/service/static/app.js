@@ -1,9 +1,10 @@
-// cbir web page: search by an uploaded image or by a result, filter by tag, give feedback.
+// cbir web page: search by an uploaded image, by words or by a result, filter by tag or by a
+// where filter, give feedback.
 // Plain JavaScript, no build step; every value from the server goes in via textContent.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-let last = null; // the last query: {file} or {id}
+let last = null; // the last query: {file}, {id} or {text}
 let seq = 0; // answers to older queries are dropped
 let queryUrl = null;
 let writes = false; // the server takes feedback (it has an API key)
@@ -27,7 +28,7 @@ function setStatus(text, isError = false) {
 }
 
 function options() {
-  return { k: $("k").value, tag: $("tag").value.trim() };
+  return { k: $("k").value, tag: $("tag").value.trim(), where: $("where").value.trim() };
 }
 
 function showQuery(src) {
@@ -44,11 +45,12 @@ function searchFile(file) {
   last = { file };
   showQuery(URL.createObjectURL(file));
   history.replaceState(null, "", location.pathname);
-  const { k, tag } = options();
+  const { k, tag, where } = options();
   const form = new FormData();
   form.append("file", file);
   form.append("k", k);
   if (tag) form.append("tag", tag);
+  if (where) form.append("where", where);
   run(() => api("/search", { method: "POST", body: form }), file.name || "the uploaded image");
 }
 
@@ -56,10 +58,27 @@ function searchId(id) {
   last = { id };
   showQuery(`/thumbs/${id}`);
   history.replaceState(null, "", `#id=${id}`);
-  const { k, tag } = options();
+  const { k, tag, where } = options();
   const q = new URLSearchParams({ id, k });
   if (tag) q.set("tag", tag);
+  if (where) q.set("where", where);
   run(() => api(`/search?${q}`), `image ${id}`);
+}
+
+function searchText(text) {
+  text = text.trim();
+  if (!text) return;
+  last = { text };
+  const img = $("query-img");
+  img.hidden = true;
+  img.removeAttribute("src");
+  $("drop-text").hidden = false;
+  history.replaceState(null, "", `#text=${encodeURIComponent(text)}`);
+  const { k, tag, where } = options();
+  const q = new URLSearchParams({ q: text, k });
+  if (tag) q.set("tag", tag);
+  if (where) q.set("where", where);
+  run(() => api(`/search/text?${q}`), `“${text}”`);
 }
 
 async function run(fetcher, label) {
@@ -74,6 +93,7 @@ async function run(fetcher, label) {
     $("results").replaceChildren();
     $("results").dataset.query = "";
     $("nomatch").hidden = true;
+    $("why").hidden = true;
     setStatus(`search failed: ${e.message}`, true);
   } finally {
     if (mine === seq) $("results").removeAttribute("aria-busy");
@@ -85,9 +105,12 @@ function render(res) {
   grid.replaceChildren(...res.results.map((h) => card(h, res.query)));
   grid.dataset.query = res.query;
   $("nomatch").hidden = !res.no_match;
+  $("why").textContent = res.hint || "";
+  $("why").hidden = !res.hint;
   const n = res.results.length;
   let text = `${n} result${n === 1 ? "" : "s"}`;
   if (res.tag) text += ` tagged “${res.tag}”`;
+  if (res.where) text += ` passing “${res.where}”`;
   if (res.threshold !== null) text += ` · threshold ${res.threshold.toFixed(3)}`;
   setStatus(text);
 }
@@ -149,7 +172,7 @@ function card(hit, query) {
     b.addEventListener("click", () => sendFeedback(query, hit.id, relevant, fig, b));
   }
   fb.append(up, down);
-  if (writes) cap.append(fb);
+  if (writes && !query.startsWith("text:")) cap.append(fb); // feedback is for image queries
   fig.append(open, cap);
   return fig;
 }
@@ -174,6 +197,7 @@ function rerun() {
   if (!last) return;
   if (last.rerun) last.rerun();
   else if (last.file) searchFile(last.file);
+  else if (last.text) searchText(last.text);
   else searchId(last.id);
 }
 
@@ -200,6 +224,11 @@ function init() {
     const item = [...(e.clipboardData?.items || [])].find((i) => i.type.startsWith("image/"));
     if (item) searchFile(item.getAsFile());
   });
+  $("text-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    searchText($("text").value);
+  });
+  $("where").addEventListener("change", rerun);
   $("tag").addEventListener("change", rerun);
   $("k").addEventListener("change", rerun);
 
@@ -213,7 +242,12 @@ function init() {
       $("info").textContent = `server unreachable: ${e.message}`;
     });
   const m = location.hash.match(/^#id=(\d+)$/);
+  const t = location.hash.match(/^#text=(.+)$/);
   if (m) searchId(Number(m[1]));
+  else if (t) {
+    $("text").value = decodeURIComponent(t[1]);
+    searchText($("text").value);
+  }
 }
 
 init();
