@@ -161,6 +161,27 @@ def test_open_clip_random_weights_end_to_end(capsys, collection, tmp_path):
     assert code == 1 and "was built with the open_clip backbone (ViT-S-32" in err
 
 
+def test_open_clip_exports_to_onnx_clip(collection, tmp_path):
+    """The export's three files give open_clip's token ids and embeddings on onnxruntime."""
+    open_clip = _library("open_clip")
+    from PIL import Image
+
+    from cbir.backbones.clip_export import export_open_clip
+
+    out = export_open_clip("ViT-S-32", tmp_path / "exported")
+    onnx_bb = open_backbone(f"onnx-clip:{out}")
+    torch_bb = open_backbone("open_clip:ViT-S-32")
+    texts = ["a photo of a cat", "Two dogs, running!", "café crème", "x " * 120, "日本語 🐶"]
+    ids, _ = onnx_bb.tokenize(texts)
+    np.testing.assert_array_equal(ids, open_clip.get_tokenizer("ViT-S-32")(texts).numpy())
+    want = torch_bb.embed_text(texts)
+    np.testing.assert_allclose(onnx_bb.embed_text(texts), want, atol=1e-4 * np.abs(want).max())
+    batch = torch_bb.batch([Image.open(p) for p in sorted(collection.rglob("*.png"))[:4]])
+    want = torch_bb.run(batch)[0]
+    np.testing.assert_allclose(onnx_bb.run(batch)[0], want, atol=1e-4 * np.abs(want).max())
+    assert onnx_bb.preprocess == torch_bb.preprocess  # size, crop, bicubic
+
+
 def test_timm_random_weights_index_and_search(capsys, collection, tmp_path):
     _library("timm")
     idx = tmp_path / "idx"

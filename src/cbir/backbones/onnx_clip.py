@@ -65,6 +65,7 @@ class OnnxClipBackbone(OnnxFileBackbone):
     name = "onnx-clip"
     default_mean = CLIP_MEAN
     default_std = CLIP_STD
+    resample = "bicubic"  # CLIP's preprocessing resizes bicubic
 
     def __init__(
         self,

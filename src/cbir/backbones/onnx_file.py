@@ -64,6 +64,8 @@ class OnnxFileBackbone(ImageBackbone):
     #: normalisation when neither the options nor the model's metadata give one
     default_mean: tuple[float, float, float] = IMAGENET_MEAN
     default_std: tuple[float, float, float] = IMAGENET_STD
+    #: Pillow resampling (:class:`Preprocess`)
+    resample = "auto"
 
     def __init__(
         self,
@@ -112,7 +114,7 @@ class OnnxFileBackbone(ImageBackbone):
         if output is not None and output not in outputs:
             raise CbirError(f"{path}: no output {output!r} (outputs: {', '.join(outputs)})")
         self.output = output or outputs[0]
-        self.preprocess = Preprocess(size=size, mode=mode)
+        self.preprocess = Preprocess(size=size, mode=mode, resample=self.resample)
         self._scale = 1.0 / (255.0 * np.asarray(self.std, np.float32))[None, :, None, None]
         self._shift = (np.asarray(self.mean, np.float32) / np.asarray(self.std, np.float32))[
             None, :, None, None
