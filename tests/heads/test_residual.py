@@ -97,3 +97,58 @@ def test_build_head_reads_both_checkpoint_forms():
     again.load_state_dict(res.state_dict())
     with pytest.raises(CbirError, match="unknown head type 'x'"):
         build_head({**old, "type": "x"})
+
+
+def test_the_whitened_pca_head_gives_equal_variances_and_the_pca_total(pixels):
+    x, y = pixels
+    t = untrained(x, y, dim=16, head="residual", head_init="pca-whiten")
+    xc = x - x.mean(0)
+    plain = xc @ principal_axes(torch.from_numpy(x), 16).numpy().T
+    white = t.outputs(x)
+    var = white.var(0)
+    np.testing.assert_allclose(var, var.mean(), rtol=1e-3)  # whitened: equal variances
+    np.testing.assert_allclose(var.sum(), plain.var(0).sum(), rtol=1e-3)
+    # the same directions as the plain PCA, rescaled
+    scale = white.std(0) / plain.std(0)
+    np.testing.assert_allclose(white, plain * scale, atol=1e-3)
+
+
+def test_collection_centring_fits_the_indexed_mean_and_records_it(pixels, tmp_path):
+    """--center collection: the head centres on the mean of what it embeds (fit), as the
+    frozen backbone's centring; the index records that mean in the transform spec and
+    loads it back."""
+    from cbir.heads.learned import load_learned, save_checkpoint
+
+    x, y = pixels
+    t = untrained(x[:200], y[:200], dim=784, head="residual", head_init="identity")
+    c = untrained(
+        x[:200], y[:200], dim=784, head="residual", head_init="identity", center="collection"
+    )
+    other = x[200:]  # a collection whose mean differs from the training images'
+    np.testing.assert_allclose(c(other), t(other), atol=1e-5)  # not fitted: training mean
+    c.fit(other)
+    np.testing.assert_allclose(c(other), l2_normalize(other - other.mean(0)), atol=1e-5)
+    assert not np.allclose(t(other), c(other), atol=1e-3)
+    t.fit(other)  # a head centred on its training images ignores the collection
+    np.testing.assert_allclose(t(other), l2_normalize(other - x[:200].mean(0)), atol=1e-5)
+
+    save_checkpoint(tmp_path / "model.pt", c.ckpt)
+    stored = LearnedTransform.from_path(tmp_path / "model.pt")
+    stored.fit(other)
+    spec = stored.spec()
+    assert spec["center"] == "collection" and spec["fitted"]["images"] == 200
+    save_checkpoint(tmp_path / f"model-{stored.digest}.pt", c.ckpt)
+    again = load_learned(spec, tmp_path)
+    again.fit(x[:10])  # already fitted: the recorded mean stays
+    np.testing.assert_allclose(again(other), c(other), atol=1e-6)
+    again.unfit()
+    assert again.mean is None and "mean" not in again.spec()
+    assert "center" not in t.spec()
+
+
+def test_collection_centring_needs_a_residual_head(pixels):
+    x, y = pixels
+    with pytest.raises(CbirError, match="--center collection re-centres a residual head"):
+        untrained(x, y, dim=32, head="mlp", center="collection")
+    with pytest.raises(CbirError, match="unknown --center 'x'"):
+        untrained(x, y, dim=32, head="residual", center="x")

@@ -91,6 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         head=args.head,
         head_init=args.head_init,
         distill=args.distill,
+        center=args.center,
     )
     joint = FAMILIES["joint"].names() + FAMILIES["dcmh"].names()
     if args.captions and args.method not in joint:
@@ -289,9 +290,16 @@ def register(add: AddCommand) -> None:
     sp.add_argument(
         "--head-init",
         default=None,
-        choices=["pca", "identity"],
-        help="residual head: its linear part starts as the PCA (default) or, with --dim 1280,"
-        " the identity",
+        choices=["pca", "pca-whiten", "identity"],
+        help="residual head: its linear part starts as the PCA (default), the whitened PCA,"
+        " or, with --dim 1280, the identity",
+    )
+    sp.add_argument(
+        "--center",
+        default=None,
+        choices=["collection", "train"],
+        help="residual head: centre its inputs on the mean of the collection it indexes or"
+        " evaluates (default, as the frozen backbone is centred) or on the training images'",
     )
     sp.add_argument(
         "--distill",

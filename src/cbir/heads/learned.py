@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,13 @@ class LearnedTransform:
         self.head = build_head(ckpt["head"])
         self.head.load_state_dict(ckpt["state"])
         self.head.eval()
-        self.mean = ckpt["input"]["mean"].float()
+        #: the training images' mean; with ``center == "collection"`` in the checkpoint's
+        #: input the head instead centres on the mean of the collection it indexes
+        #: (:meth:`fit`, as the frozen backbone's centring), recorded in the spec
+        self.train_mean = ckpt["input"]["mean"].float()
+        self.center = ckpt["input"].get("center") == "collection"
+        self.mean: torch.Tensor | None = None if self.center else self.train_mean
+        self.fitted: dict[str, Any] | None = None
         self.std = ckpt["input"]["std"].float()
         self.digest = file_digest(path) if path is not None else None
         # a joint image-text model (VSE++, cbir.heads.vsepp) also carries its text head
@@ -144,9 +151,10 @@ class LearnedTransform:
     def outputs(self, features: np.ndarray, batch: int = 8192) -> np.ndarray:
         """Real-valued head outputs ``(n, dim)`` (before sign / normalisation)."""
         x = torch.from_numpy(np.array(features, dtype=np.float32))
+        mean = self.train_mean if self.mean is None else self.mean  # not fitted: training mean
         out = []
         for i in range(0, len(x), batch):
-            out.append(self.head((x[i : i + batch] - self.mean) / self.std))
+            out.append(self.head((x[i : i + batch] - mean) / self.std))
         if not out:
             return np.zeros((0, self.dim), np.float32)
         return torch.cat(out).numpy()
@@ -206,7 +214,20 @@ class LearnedTransform:
         return self.text_queries(encode_texts(texts))
 
     def fit(self, features: np.ndarray) -> None:
-        """Nothing to fit: the head was trained."""
+        """Centre on the mean of ``features`` (the collection) if the run asked for it and
+        it is not fitted yet; otherwise nothing to fit: the head was trained."""
+        if self.center and self.mean is None and len(features):
+            m = np.asarray(features, dtype=np.float64).mean(0).astype(np.float32)
+            self.mean = torch.from_numpy(m)
+            self.fitted = {
+                "images": int(len(features)),
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+
+    def unfit(self) -> None:
+        """Forget the collection mean, so the next :meth:`fit` computes it again."""
+        if self.center:
+            self.mean, self.fitted = None, None
 
     def install(self, root: Path) -> None:
         """Copy the checkpoint into an index directory, so the index is self-contained."""
@@ -237,6 +258,12 @@ class LearnedTransform:
             out["text"] = self.ckpt.get("text_encoder", {}).get("model", "sentence encoder")
         if self.finetuned:  # codes of the fine-tuned backbone's features
             out["backbone_weights"] = self.backbone["weights"]
+        if self.center:  # centred on the collection's mean, fitted when the index was built
+            out["center"] = "collection"
+            if self.mean is not None:
+                out["mean"] = [float(v) for v in self.mean]
+                if self.fitted:
+                    out["fitted"] = dict(self.fitted)
         return out
 
 
@@ -250,4 +277,7 @@ def load_learned(spec: dict[str, Any], root: Path | None) -> LearnedTransform:
         raise CbirError(
             f"{path}: model file does not match the index (digest {t.digest} != {spec['digest']})"
         )
+    if t.center and spec.get("mean") is not None:  # the collection mean the index fitted
+        t.mean = torch.tensor(spec["mean"], dtype=torch.float32)
+        t.fitted = spec.get("fitted")
     return t

@@ -25,18 +25,28 @@ from cbir.errors import CbirError
 from cbir.heads.head import Head
 
 #: How the linear part of a residual head starts.
-INITS = ("pca", "identity")
+INITS = ("pca", "pca-whiten", "identity")
 
 
-def principal_axes(x: Tensor, k: int) -> Tensor:
-    """The top ``k`` principal axes ``(k, d)`` of the rows of ``x`` (centred here)."""
+def principal_axes(x: Tensor, k: int, whiten: bool = False) -> Tensor:
+    """The top ``k`` principal axes ``(k, d)`` of the rows of ``x`` (centred here).
+
+    ``whiten``: each axis scaled by ``sqrt(mean(top k variances) / its variance)``, so the
+    projected coordinates have equal variance (PCA whitening, as Jegou & Chum, "Negative
+    evidences and co-occurrences in image retrieval", ECCV 2012, whiten retrieval
+    descriptors) and the same total variance as without whitening.
+    """
     xc = x - x.mean(0)
     cov = xc.T @ xc / max(len(xc) - 1, 1)
-    _, vecs = torch.linalg.eigh(cov.double())  # ascending eigenvalues
-    axes = vecs[:, -k:].flip(1).T.float()
+    vals, vecs = torch.linalg.eigh(cov.double())  # ascending eigenvalues
+    axes = vecs[:, -k:].flip(1).T
     # a deterministic sign: the largest coordinate of each axis is positive
     sign = torch.sign(axes.gather(1, axes.abs().argmax(1, keepdim=True)))
-    return axes * sign
+    axes = axes * sign
+    if whiten:
+        var = vals[-k:].flip(0).clamp_min(1e-12)
+        axes = axes * (var.mean() / var).sqrt()[:, None]
+    return axes.float()
 
 
 class ResidualHead(nn.Module):
@@ -76,7 +86,8 @@ class ResidualHead(nn.Module):
 
     @torch.no_grad()
     def initialise(self, how: str, x: Tensor | None = None) -> None:
-        """Set ``P``: ``"identity"`` (needs ``out_dim == in_dim``) or ``"pca"`` of ``x``."""
+        """Set ``P``: ``"identity"`` (needs ``out_dim == in_dim``), or ``"pca"`` /
+        ``"pca-whiten"`` of ``x``."""
         out_dim, in_dim = self.proj.weight.shape
         if how == "identity":
             if out_dim != in_dim:
@@ -85,10 +96,10 @@ class ResidualHead(nn.Module):
                     f" got {out_dim}; use --head-init pca"
                 )
             self.proj.weight.copy_(torch.eye(in_dim))
-        elif how == "pca":
+        elif how in ("pca", "pca-whiten"):
             if x is None:
-                raise CbirError("--head-init pca needs the training features")
-            self.proj.weight.copy_(principal_axes(x, out_dim))
+                raise CbirError(f"--head-init {how} needs the training features")
+            self.proj.weight.copy_(principal_axes(x, out_dim, whiten=how == "pca-whiten"))
         else:
             raise CbirError(f"unknown --head-init {how!r}; use {' or '.join(INITS)}")
 

@@ -75,8 +75,12 @@ class MetricOptions(MethodOptions):
     finetune: FinetuneOptions | None = None
     # "mlp" (the plain Head) or "residual" (cbir.heads.residual: starts as the identity / PCA)
     head: str = "mlp"
-    head_init: str = "pca"  # the residual head's linear part: "pca" or "identity"
+    head_init: str = "pca"  # the residual head's linear part: "pca", "pca-whiten" or "identity"
     distill: float = 0.0  # weight of the frozen-similarity distillation (losses.metric.distill)
+    # the residual head's input centring when it embeds: "train" (the training images' mean)
+    # or "collection" (the mean of the images it indexes / evaluates, fitted as the frozen
+    # backbone's centring is: cbir.heads.learned.LearnedTransform.fit)
+    center: str = "train"
 
     @property
     def width(self) -> int:
@@ -94,6 +98,7 @@ METRIC_RECIPE: dict[str, Any] = {
     "head": "residual",
     "head_init": "pca",
     "distill": 1.0,
+    "center": "collection",
 }
 #: The defaults of `cbir train` for every other family.
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -103,6 +108,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "head": "mlp",
     "head_init": "pca",
     "distill": 0.0,
+    "center": "train",
 }
 
 

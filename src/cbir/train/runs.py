@@ -34,8 +34,13 @@ def make_checkpoint(
     std: np.ndarray,
     fingerprint: dict[str, Any],
     extra: dict[str, Any],
+    center: str = "train",
 ) -> dict[str, Any]:
-    """The checkpoint of a trained head (read back by :class:`cbir.heads.learned.LearnedTransform`)."""
+    """The checkpoint of a trained head (read back by :class:`cbir.heads.learned.LearnedTransform`).
+
+    ``center``: "train" (inputs centred on ``mean``) or "collection" (on the mean of the
+    collection the head embeds, fitted at index / evaluation time).
+    """
     return {
         "format": FORMAT,
         "method": cfg.method,
@@ -45,6 +50,7 @@ def make_checkpoint(
         "input": {
             "mean": torch.from_numpy(np.asarray(mean, np.float32)),
             "std": torch.from_numpy(np.asarray(std, np.float32)),
+            **({"center": center} if center != "train" else {}),
         },
         "backbone": fingerprint,
         "config": json.loads(json.dumps(cfg.to_dict())),

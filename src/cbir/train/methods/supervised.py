@@ -35,6 +35,8 @@ from cbir.train.runs import make_checkpoint
 
 #: Figures of the evaluation rows of metrics.jsonl.
 EVAL_KEYS = ("map", "p@h2", "map@r", "recall@1")
+#: How a metric head's inputs are centred when it embeds (``--center``).
+CENTERS = ("train", "collection")
 #: Pairwise hashing losses that can pair a batch with the whole training set.
 MEMORY_BANK = ("dsh", "dpsh", "hashnet", "dch")
 
@@ -162,8 +164,9 @@ class SupervisedHead(Trainable):
     def checkpoint(self, extra: dict[str, Any]) -> dict[str, Any]:
         self.head.eval()
         fp = self.data.fingerprint
+        center = getattr(self.cfg.options, "center", "train")
         return make_checkpoint(
-            self.cfg, self.head, self.mean, self.std, fp, {**extra, **self.extra}
+            self.cfg, self.head, self.mean, self.std, fp, {**extra, **self.extra}, center
         )
 
     def finish(self, run: Any) -> TrainData:
@@ -219,6 +222,13 @@ class MetricHead(SupervisedHead):
 
     def make_loss(self, n_classes: int, n_train: int) -> nn.Module:
         opts: Any = self.cfg.options
+        if opts.center not in CENTERS:
+            raise CbirError(f"unknown --center {opts.center!r}; use {' or '.join(CENTERS)}")
+        if opts.center == "collection" and opts.head != "residual":
+            raise CbirError(
+                "--center collection re-centres a residual head's inputs; use --head residual"
+                " or --center train"
+            )
         return get_metric_loss(self.cfg.method, opts.dim, n_classes, **opts.loss_options)
 
     def make_miner(self) -> Any:
