@@ -117,7 +117,12 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--weight-decay", type=float, default=1e-5)
     ap.add_argument("--head", default="mlp", help="mlp or residual (starts as the identity / PCA)")
-    ap.add_argument("--head-init", default="pca", help="residual head: pca or identity")
+    ap.add_argument("--head-init", default="pca", help="residual head: pca, pca-whiten or identity")
+    ap.add_argument(
+        "--center",
+        default="train",
+        help="residual head: centre on the training mean (train) or the evaluated collection's",
+    )
     ap.add_argument(
         "--distill", type=float, default=0.0, help="weight of the frozen-similarity distillation"
     )
@@ -164,7 +169,12 @@ def main() -> None:
         dropout=args.dropout,
         weight_decay=args.weight_decay,
         tsne_points=0,
-        options={"head": args.head, "head_init": args.head_init, "distill": args.distill},
+        options={
+            "head": args.head,
+            "head_init": args.head_init,
+            "distill": args.distill,
+            "center": args.center,
+        },
     )
     base = make_config(settings)
     t = time.perf_counter()

@@ -284,15 +284,16 @@ def register(add: AddCommand) -> None:
         "--head",
         default=None,
         choices=["mlp", "residual"],
-        help="metric learning: residual (default; starts as the PCA of the centred features)"
+        help="metric learning: residual (default; starts as the whitened PCA of the centred"
+        " features)"
         " or mlp (a plain MLP on standardised features)",
     )
     sp.add_argument(
         "--head-init",
         default=None,
         choices=["pca", "pca-whiten", "identity"],
-        help="residual head: its linear part starts as the PCA (default), the whitened PCA,"
-        " or, with --dim 1280, the identity",
+        help="residual head: its linear part starts as the whitened PCA (default for metric"
+        " learning), the PCA, or, with --dim 1280, the identity",
     )
     sp.add_argument(
         "--center",

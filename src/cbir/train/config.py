@@ -89,14 +89,15 @@ class MetricOptions(MethodOptions):
 
 #: The defaults of `cbir train` where the method family is metric learning, chosen on the
 #: seen-class validation of benchmarks/metric_learning.py (docs/metric-learning.md): a
-#: residual head that starts at the PCA of the centred features, with a linear branch,
-#: a small learning rate, and the frozen similarities distilled into every batch.
+#: residual head that starts at the whitened PCA of the centred features, with a linear
+#: branch, a small learning rate, the frozen similarities distilled into every batch, and
+#: its inputs centred on the mean of the collection it embeds (as the frozen backbone's).
 METRIC_RECIPE: dict[str, Any] = {
     "epochs": 10,
     "lr": 1e-4,
     "hidden": [],
     "head": "residual",
-    "head_init": "pca",
+    "head_init": "pca-whiten",
     "distill": 1.0,
     "center": "collection",
 }
