@@ -31,10 +31,9 @@ INITS = ("pca", "pca-whiten", "identity")
 def principal_axes(x: Tensor, k: int, whiten: bool = False) -> Tensor:
     """The top ``k`` principal axes ``(k, d)`` of the rows of ``x`` (centred here).
 
-    ``whiten``: each axis scaled by ``sqrt(mean(top k variances) / its variance)``, so the
-    projected coordinates have equal variance (PCA whitening, as Jegou & Chum, "Negative
-    evidences and co-occurrences in image retrieval", ECCV 2012, whiten retrieval
-    descriptors) and the same total variance as without whitening.
+    ``whiten``: each axis divided by its standard deviation, so the projected coordinates
+    have unit variance (PCA whitening, as Jegou & Chum, "Negative evidences and
+    co-occurrences in image retrieval", ECCV 2012, whiten retrieval descriptors).
     """
     xc = x - x.mean(0)
     cov = xc.T @ xc / max(len(xc) - 1, 1)
@@ -45,7 +44,7 @@ def principal_axes(x: Tensor, k: int, whiten: bool = False) -> Tensor:
     axes = axes * sign
     if whiten:
         var = vals[-k:].flip(0).clamp_min(1e-12)
-        axes = axes * (var.mean() / var).sqrt()[:, None]
+        axes = axes / var.sqrt()[:, None]
     return axes.float()
 
 
