@@ -110,7 +110,12 @@ def top_classes(logits: np.ndarray, k: int = 5) -> list[list[list[float]]]:
     z = logits - logits.max(1, keepdims=True)
     p = np.exp(z)
     p /= p.sum(1, keepdims=True)
-    top = np.argsort(-p, axis=1)[:, :k]
+    k = min(k, p.shape[1])
+    if 0 < k < p.shape[1]:  # the k largest, then sorted: not a sort of all 1000 classes
+        part = np.argpartition(-p, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(part, np.argsort(-np.take_along_axis(p, part, 1), 1), 1)
+    else:
+        top = np.argsort(-p, axis=1)[:, :k]
     return [[[int(c), round(float(p[i, c]), 4)] for c in top[i]] for i in range(len(p))]
 
 
