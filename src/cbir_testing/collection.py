@@ -186,13 +186,15 @@ def _imagenet_head() -> tuple[np.ndarray, np.ndarray]:
     return imagenet_classifier()
 
 
-def _cached_features(col: Collection, log: Log) -> np.ndarray:
+def _cached_features(col: Collection, log: Log, backbone: str | None = None) -> np.ndarray:
     from cbir.backbones.cache import dataset_features
+    from cbir.backbones.registry import DEFAULT
 
     parts = []
     for _split, images in _fashion_splits(col.info.get("limit")):
         log(f"backbone features of {images.name} ({len(images)} images, from the feature cache)")
-        parts.append(np.asarray(dataset_features(images, size=224), np.float32))
+        feats = dataset_features(images, size=224, backbone=backbone or DEFAULT)
+        parts.append(np.asarray(feats, np.float32))
     feats = np.concatenate(parts)
     if len(feats) != len(col.originals):
         raise CbirError(
@@ -202,19 +204,25 @@ def _cached_features(col: Collection, log: Log) -> np.ndarray:
 
 
 def commit_originals(
-    col: Collection, index_dir: Path, index_type: str, chunk: int = 4096, log: Log = _quiet
+    col: Collection,
+    index_dir: Path,
+    index_type: str,
+    chunk: int = 4096,
+    log: Log = _quiet,
+    backbone: str | None = None,
 ) -> tuple[float, int, float]:
-    """Commit the originals with their cached features; returns (seconds, checked, max diff)."""
+    """Commit the originals with their cached features (of ``backbone``, a registry spec;
+    default efficientnet-lite0); returns (seconds, checked, max diff)."""
     from cbir.backbones.registry import backbone_for, top_classes
     from cbir.index.store import NewImage
     from cbir.pipeline import create_or_open
 
     t0 = time.perf_counter()
-    store = create_or_open(index_dir, index_type, size=224)
+    store = create_or_open(index_dir, index_type, size=224, backbone=backbone)
     store.lock()
     try:
         have = {r[0] for r in store.conn.execute("SELECT path FROM images")}
-        feats = _cached_features(col, log)
+        feats = _cached_features(col, log, backbone)
         # the cache must describe these files: embed a sample again, from disk
         bb = backbone_for(store)
         rng = np.random.default_rng(1)
@@ -231,6 +239,8 @@ def commit_originals(
                 f"the cached Fashion-MNIST features differ from the files under {col.root} by"
                 f" {diff:.2g}; delete {cache_dir('features')} and {col.root} and run again"
             )
+        # the originals' ImageNet classes: the fp32 classifier on the cached features (for
+        # the int8 backbone too, whose quantised head gives nearly the same)
         w, b = _imagenet_head()
         todo = [i for i, p in enumerate(col.originals) if p not in have]
         log(f"committing {len(todo)} originals into {index_dir} ({len(have)} already there)")
@@ -267,8 +277,10 @@ def build_index(
     index_dir: str | os.PathLike[str],
     index_type: str = "HNSW32",
     log: Log = _quiet,
+    backbone: str | None = None,
 ) -> BuildInfo:
-    """The index of every file of ``col`` (reused when complete), built as described above."""
+    """The index of every file of ``col`` (reused when complete), built as described above
+    with ``backbone`` (a registry spec; default efficientnet-lite0)."""
     from cbir.index.store import IndexStore
     from cbir.pipeline import index_folder
 
@@ -287,10 +299,12 @@ def build_index(
             return info
     info = BuildInfo(str(index_dir), len(col), index_type)
     info.commit_seconds, info.feature_check_n, info.feature_check_max_diff = commit_originals(
-        col, index_dir, index_type, log=log
+        col, index_dir, index_type, log=log, backbone=backbone
     )
     log(f"cbir index {col.root} --index {index_dir} (embeds the {len(col.copies)} copies)")
-    s = index_folder(col.root, index_dir, index_type=index_type, size=224, progress=False)
+    s = index_folder(
+        col.root, index_dir, index_type=index_type, size=224, progress=False, backbone=backbone
+    )
     if s.failed or s.total != len(col):
         raise CbirError(f"{index_dir}: indexed {s.total} of {len(col)} images ({s.failed[:3]})")
     info.cbir_index_seconds, info.embedded, info.embedded_per_s = (
@@ -312,16 +326,25 @@ LOAD_COPIES = 30_000
 LOAD_INDEX_TYPE = "HNSW32"
 
 
+def collection_name(n_copies: int = LOAD_COPIES, limit: dict[str, int] | None = None) -> str:
+    """The folder name (under :func:`default_root`) of a load collection."""
+    n = (70_000 if limit is None else sum(limit.values())) + n_copies
+    return f"fashion-{n // 1000}k" if n % 1000 == 0 else f"fashion-{n}"
+
+
 def load_index(
     index_type: str = LOAD_INDEX_TYPE,
     n_copies: int = LOAD_COPIES,
     limit: dict[str, int] | None = None,
     log: Log = _quiet,
+    backbone: str | None = None,
 ) -> tuple[Path, BuildInfo]:
     """The load index under ``$CBIR_CACHE/load`` (built on first use): by default the
-    100,000 images; ``limit`` (images per split) and ``n_copies`` make a smaller one."""
-    n = (70_000 if limit is None else sum(limit.values())) + n_copies
-    name = f"fashion-{n // 1000}k" if n % 1000 == 0 else f"fashion-{n}"
+    100,000 images; ``limit`` (images per split) and ``n_copies`` make a smaller one;
+    ``backbone`` (a registry spec) another backbone than efficientnet-lite0 (its own index,
+    named after it, over the same files)."""
+    name = collection_name(n_copies, limit)
     col = write_collection(default_root() / name, n_copies=n_copies, limit=limit, log=log)
-    index_dir = default_root() / f"{name}-{index_type.replace(',', '_')}.idx"
-    return index_dir, build_index(col, index_dir, index_type, log=log)
+    suffix = f"-{backbone}" if backbone else ""
+    index_dir = default_root() / f"{name}-{index_type.replace(',', '_')}{suffix}.idx"
+    return index_dir, build_index(col, index_dir, index_type, log=log, backbone=backbone)
