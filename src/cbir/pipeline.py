@@ -43,7 +43,7 @@ from cbir.data.folder import find_images
 from cbir.data.images import decode, read_bytes
 from cbir.errors import CbirError
 from cbir.heads.transform import FrozenTransform, Transform
-from cbir.index import collection, vector_index
+from cbir.index import collection, segments, vector_index
 from cbir.index.damage import damaged_under
 from cbir.index.metadata import exif_from_bytes, exif_from_file, read_sidecars, stored_sidecars
 from cbir.index.store import IndexStore, NewImage, Touch
@@ -66,6 +66,7 @@ def create_or_open(
     pooling: str | None = None,
     scales: str | None = None,
     whiten: bool | None = None,
+    feature_dtype: str | None = None,
 ) -> IndexStore:
     """Open ``index_dir``, or create it with the given model and index settings.
 
@@ -75,11 +76,14 @@ def create_or_open(
     built for them (and those already indexed) is refused before anything is written.
     ``pooling``, ``scales``, ``whiten``: retrieval pooling of a new index
     (:mod:`cbir.backbones.pooling`).
+    ``feature_dtype``: the dtype of a new index's feature segments (float32 or float16).
     """
     root = Path(index_dir)
+    segments.check_dtype_name(feature_dtype)
     if IndexStore.exists(root):
         store = IndexStore.open(root)
         cfg = store.config
+        segments.refuse_other_dtype(store, cfg, feature_dtype)
         if backbone is not None:
             _check_backbone(store, backbone, size)
         try:
@@ -175,6 +179,8 @@ def create_or_open(
         "index_type": index_type or DEFAULT_INDEX_TYPE,
         "kind": transform.kind,
     }
+    if feature_dtype not in (None, segments.DEFAULT_DTYPE):
+        config["feature_dtype"] = feature_dtype
     if spec != DEFAULT:  # an index without a spec was built by efficientnet-lite0
         config["backbone_spec"] = spec
         config["backbone_options"] = recorded_options(
@@ -269,6 +275,7 @@ def index_folder(
     pooling: str | None = None,
     scales: str | None = None,
     whiten: bool | None = None,
+    feature_dtype: str | None = None,
 ) -> IndexSummary:
     """Index (or update the index of) every image under ``images_dir``.
 
@@ -288,6 +295,7 @@ def index_folder(
     every image now indexed (the search index is rebuilt). ``pooling`` (avg, gem, rmac) and
     ``scales`` (e.g. ``multi``) and ``whiten`` (None: as the pooling's paper, on for rmac):
     retrieval pooling of a new index; an existing index keeps its own (others are refused).
+    ``feature_dtype``: float32 (default) or float16 segments of a new index (half the bytes).
     """
     t0 = time.perf_counter()
     root = Path(os.path.abspath(os.fspath(images_dir)))
@@ -330,6 +338,7 @@ def index_folder(
         pooling=pooling,
         scales=scales,
         whiten=whiten,
+        feature_dtype=feature_dtype,
     )
     summary = IndexSummary(images_dir=str(root), index_dir=str(index_dir), found=len(files))
     summary.excluded = len(found) - len(files)

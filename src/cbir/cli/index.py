@@ -40,6 +40,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             pooling=args.pooling,
             scales=args.scales,
             whiten=args.whiten,
+            feature_dtype=args.feature_dtype,
         )
     synced = sync_store(args.index, args.store)
     if args.json:
@@ -106,6 +107,13 @@ def register(add: AddCommand) -> None:
         action="store_false",
         default=None,
         help="a new index without centring (plain cosine of the backbone features)",
+    )
+    sp.add_argument(
+        "--feature-dtype",
+        choices=("float32", "float16"),
+        default=None,
+        help="how a new index stores backbone features: float32, or float16 at half the disk"
+        " and page cache (docs/scaling.md); an existing index keeps its own (default: float32)",
     )
     sp.add_argument(
         "--refit-center",

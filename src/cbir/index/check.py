@@ -35,6 +35,7 @@ import numpy as np
 from cbir.codes.registry import code_kind
 from cbir.errors import CbirError
 from cbir.index import collection
+from cbir.index.segments import config_dtype
 from cbir.index.store import DB_NAME, IndexStore, config_problem
 from cbir.utils import sha256_file
 
@@ -180,7 +181,7 @@ def _check(store: IndexStore, report: CheckReport, hashes: bool) -> None:
         conn.execute("ROLLBACK")
     report.images = len(rows)
     report.segments = len(segments)
-    seg_n = _check_segments(root, segments, gen, dim, report)
+    seg_n = _check_segments(root, segments, gen, (dim, config_dtype(config)), report)
     live = _check_rows(rows, seg_n, gen, seq[0] if seq else 0, report)
     _check_features(store, segments, rows, seg_n, report)
     _check_search_index(store, fa, gen, rows, live, report)
@@ -217,9 +218,11 @@ def _check_texts(store: IndexStore, report: CheckReport) -> bool:
 
 
 def _check_segments(
-    root: Path, segments: list[tuple], gen: int, dim: int, report: CheckReport
+    root: Path, segments: list[tuple], gen: int, shape: tuple[int, Any], report: CheckReport
 ) -> dict[int, int]:
-    """Segment gen -> rows it really has (only segments that load)."""
+    """Segment gen -> rows it really has (only segments that load); ``shape``: the
+    recorded feature dimension and segment dtype."""
+    dim, dtype = shape
     seg_n: dict[int, int] = {}
     for sgen, file, n in segments:
         if file != f"features-{sgen:08d}.npy":
@@ -239,9 +242,9 @@ def _check_segments(
         except (OSError, ValueError) as e:
             report.errors.append(f"segment {file} does not load ({e})")
             continue
-        if arr.dtype != np.float32 or arr.ndim != 2 or arr.shape != (n, dim):
+        if arr.dtype != dtype or arr.ndim != 2 or arr.shape != (n, dim):
             report.errors.append(
-                f"segment {file}: {arr.dtype} {arr.shape}, the metadata says float32 ({n}, {dim})"
+                f"segment {file}: {arr.dtype} {arr.shape}, the metadata says {dtype} ({n}, {dim})"
             )
             if arr.ndim == 2 and arr.shape[1] == dim:
                 seg_n[sgen] = arr.shape[0]

@@ -40,7 +40,7 @@ def segment_file(gen: int) -> str:
 
 
 def _segment_problem(store: IndexStore, gen: int, n: int | None, dim: int) -> str | None:
-    """Why segment ``gen`` cannot be read as ``(n, dim)`` float32 (None: it can)."""
+    """Why segment ``gen`` cannot be read as ``(n, dim)`` of the index's dtype (None: it can)."""
     file = segment_file(gen)
     if n is None:
         return f"segment {gen} is not recorded in the metadata"
@@ -50,8 +50,9 @@ def _segment_problem(store: IndexStore, gen: int, n: int | None, dim: int) -> st
         return f"{file} is missing"
     except (OSError, ValueError) as e:
         return f"{file} does not load ({e})"
-    if arr.dtype != np.float32 or arr.shape != (n, dim):
-        return f"{file} holds {arr.dtype} {arr.shape}, the metadata says float32 ({n}, {dim})"
+    want = store.feature_dtype
+    if arr.dtype != want or arr.shape != (n, dim):
+        return f"{file} holds {arr.dtype} {arr.shape}, the metadata says {want} ({n}, {dim})"
     return None
 
 

@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from cbir.errors import CbirError
-from cbir.utils import atomic_write_bytes
+from cbir.utils import atomic_write
 
 
 def _min_train(index_type: str) -> int:
@@ -91,9 +91,9 @@ def try_remove(index: faiss.Index, ids: np.ndarray) -> bool:
 
 
 def write_index(index: faiss.Index, path: str | Path) -> None:
-    """Write a faiss index atomically (temp file, fsync, rename)."""
-    data = faiss.serialize_index(index)
-    atomic_write_bytes(path, data.tobytes())
+    """Write a faiss index atomically (temp file, fsync, rename), streamed: no copy of
+    the index is made in memory (a 1M-vector Flat index is 5 GB)."""
+    atomic_write(path, lambda f: faiss.write_index(index, faiss.PyCallbackIOWriter(f.write)))
 
 
 def read_index(path: str | Path) -> faiss.Index:

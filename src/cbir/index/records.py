@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cbir.errors import IndexDamagedError, IndexWriteError
+from cbir.index.segments import dtype_problem
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -106,4 +107,4 @@ def config_problem(config: Any) -> str | None:
         config.get("index_type"), str
     ):
         return "meta 'config' lacks feature_dim or index_type"
-    return None
+    return dtype_problem(config)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from cbir.errors import CbirError, IndexDamagedError, IndexWriteError
-from cbir.index import metadata
+from cbir.index import metadata, segments
 from cbir.index.records import (
     _SCHEMA,
     NewImage,
@@ -57,9 +57,9 @@ DB_NAME = "meta.sqlite"
 __all__ = ["DB_NAME", "IndexStore", "NewImage", "Touch", "config_problem", "write_error"]
 
 
-def _npy_bytes(a: np.ndarray) -> bytes:
+def _npy_bytes(a: np.ndarray, dtype: np.dtype) -> bytes:
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(a, dtype=np.float32), allow_pickle=False)
+    np.save(buf, segments.as_stored(a, dtype), allow_pickle=False)
     return buf.getvalue()
 
 
@@ -242,6 +242,11 @@ class IndexStore:
         return config
 
     @property
+    def feature_dtype(self) -> np.dtype:
+        """The dtype of this index's feature segments (float32 or float16)."""
+        return segments.config_dtype(self.config)
+
+    @property
     def generation(self) -> int:
         return int(self.get_meta("generation", 0))
 
@@ -337,10 +342,10 @@ class IndexStore:
                 raise CbirError(
                     f"{path}: feature segment unreadable ({e}); run `cbir repair {self.root}`"
                 ) from None
-            dim = self.config["feature_dim"]
-            if seg.dtype != np.float32 or seg.ndim != 2 or seg.shape[1] != dim:
+            dim, want = self.config["feature_dim"], self.feature_dtype
+            if seg.dtype != want or seg.ndim != 2 or seg.shape[1] != dim:
                 raise CbirError(
-                    f"{path}: feature segment holds {seg.dtype} {seg.shape}, not float32 (n, {dim});"
+                    f"{path}: feature segment holds {seg.dtype} {seg.shape}, not {want} (n, {dim});"
                     f" run `cbir repair {self.root}`"
                 )
             self._segment_cache[gen] = seg
@@ -369,7 +374,8 @@ class IndexStore:
     def iter_features(
         self, where: str = "", args: Sequence[Any] = ()
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, features) per segment, for all live rows (optionally filtered)."""
+        """(ids, float32 features) per segment in blocks of at most
+        ``segments.BLOCK_ROWS`` rows, for all live rows (optionally filtered)."""
         cond = f" AND {where}" if where else ""
         for (gen,) in self.conn.execute("SELECT gen FROM segments ORDER BY gen").fetchall():
             rows = self.conn.execute(
@@ -385,7 +391,9 @@ class IndexStore:
                     f"{self.root}: rows point outside segment {gen} ({len(seg)} rows);"
                     f" run `cbir repair {self.root}`"
                 )
-            yield ids, np.asarray(seg[idx], np.float32)
+            for a in range(0, len(idx), segments.BLOCK_ROWS):
+                b = a + segments.BLOCK_ROWS
+                yield ids[a:b], np.asarray(seg[idx[a:b]], np.float32)
 
     # ---------------------------------------------------------------- writing
     def commit(
@@ -409,7 +417,7 @@ class IndexStore:
             if features is None or len(features) != len(added):
                 raise ValueError("commit: one feature row per added image")
             try:
-                atomic_write_bytes(self.root / seg_file, _npy_bytes(features))
+                atomic_write_bytes(self.root / seg_file, _npy_bytes(features, self.feature_dtype))
             except OSError as e:
                 raise write_error(self.root, e, f"write {seg_file}") from None
             wrote = True
@@ -497,19 +505,22 @@ class IndexStore:
             return False
         gen = self.generation + 1
         seg_file = f"features-{gen:08d}.npy"
-        ids_parts, feats_parts = [], []
-        for ids, feats in self.iter_features():
-            ids_parts.append(ids)
-            feats_parts.append(feats)
-        if ids_parts:
-            ids = np.concatenate(ids_parts)
-            feats = np.concatenate(feats_parts)
+        ids_parts: list[np.ndarray] = []
+
+        def blocks() -> Iterator[np.ndarray]:  # streamed: never every feature in memory
+            for part_ids, feats in self.iter_features():
+                ids_parts.append(part_ids)
+                yield feats
+
+        if live:
             try:
-                atomic_write_bytes(self.root / seg_file, _npy_bytes(feats))
+                dim = self.config["feature_dim"]
+                segments.write_segment(
+                    self.root / seg_file, blocks(), live, dim, self.feature_dtype
+                )
             except OSError as e:
                 raise write_error(self.root, e, f"write {seg_file}") from None
-        else:
-            ids = np.zeros(0, np.int64)
+        ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int64)
         try:
             with self.transaction() as c:
                 c.executemany(

@@ -28,16 +28,24 @@ def _code(transform: Transform) -> CodeKind:
     return code_kind(transform.kind)
 
 
-def _sample(store: IndexStore, transform: Transform) -> np.ndarray:
+def _first_features(store: IndexStore, limit: int | None = None) -> np.ndarray | None:
+    """The backbone features of the first ``limit`` (``TRAIN_SAMPLE``) live rows (None: no
+    row); only those are read, never every stored feature."""
+    limit = TRAIN_SAMPLE if limit is None else limit
     parts, n = [], 0
     for _, feats in store.iter_features():
-        parts.append(transform(feats))
-        n += len(feats)
-        if n >= TRAIN_SAMPLE:
+        parts.append(feats[: limit - n])
+        n += len(parts[-1])
+        if n >= limit:
             break
-    if not parts:
+    return np.concatenate(parts) if parts else None
+
+
+def _sample(store: IndexStore, transform: Transform) -> np.ndarray:
+    feats = _first_features(store)
+    if feats is None:
         return _code(transform).empty(transform.dim)
-    return np.concatenate(parts)[:TRAIN_SAMPLE]
+    return transform(feats)
 
 
 def current_transform(store: IndexStore) -> Transform:
@@ -47,9 +55,9 @@ def current_transform(store: IndexStore) -> Transform:
 
 def _fit_transform(store: IndexStore, transform: Transform) -> Transform:
     spec_before = transform.spec()
-    feats = [f for _, f in store.iter_features()]
-    if feats:
-        transform.fit(np.concatenate(feats)[:TRAIN_SAMPLE])
+    feats = _first_features(store)
+    if feats is not None:
+        transform.fit(feats)
     if transform.spec() != spec_before:
         store.set_meta("transform", transform.spec())
     return transform
