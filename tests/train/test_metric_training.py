@@ -10,7 +10,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from cbir.heads.learned import LearnedTransform
 from cbir.heads.transform import FrozenTransform
@@ -18,7 +17,7 @@ from cbir.samplers import TRIPLET_SAMPLERS
 from cbir.train.trainer import evaluate_transform, load_data, make_config, train
 from tests.conftest import needs_fashion
 
-pytestmark = needs_fashion
+pytestmark = [needs_fashion, pytest.mark.usefixtures("one_thread")]
 
 CFG = dict(
     dataset="fashion-mnist",
@@ -40,15 +39,6 @@ def data(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CBIR_CACHE", str(tmp_path_factory.mktemp("cache")))
         yield load_data(make_config(**CFG), progress=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """A small head trains fastest on one thread on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_triplet_run_beats_frozen_on_held_out_seen_classes_and_reports_zero_shot(data, tmp_path):

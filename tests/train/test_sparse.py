@@ -16,33 +16,16 @@ import pytest
 import scipy.sparse as sp
 
 from cbir.heads.learned import LearnedTransform, load_checkpoint
-from cbir.train.trainer import load_data, make_config, train
+from cbir.train.trainer import make_config, train
 from tests.conftest import FASHION_SMALL, needs_fashion
 
-pytestmark = needs_fashion
+pytestmark = [needs_fashion, pytest.mark.usefixtures("one_thread")]
 
 SMALL = FASHION_SMALL
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small batches train far faster on one thread than on two a busy machine shares."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    os.environ.setdefault("CBIR_CACHE", str(tmp_path_factory.mktemp("cache")))
-    return load_data(make_config(**SMALL), progress=False)
-
-
-@pytest.fixture(scope="module")
-def topk_run(data, tmp_path_factory) -> tuple[Path, dict]:
+def topk_run(small_data, tmp_path_factory) -> tuple[Path, dict]:
     run = tmp_path_factory.mktemp("runs") / "topk"
     cfg = make_config(
         method="sparse-topk",
@@ -51,14 +34,14 @@ def topk_run(data, tmp_path_factory) -> tuple[Path, dict]:
         loss_options={"k": 12, "supervised": 1.0},
         **{**SMALL, "epochs": 3, "eval_every": 2},
     )
-    return run, train(cfg, run, progress=False, data=data)
+    return run, train(cfg, run, progress=False, data=small_data)
 
 
-def test_topk_codes_have_k_active_units(topk_run, data):
+def test_topk_codes_have_k_active_units(topk_run, small_data):
     run, res = topk_run
     t = LearnedTransform.from_path(run)
     assert t.kind == "sparse" and t.dim == 256
-    codes = t(data.query)
+    codes = t(small_data.query)
     assert sp.issparse(codes) and codes.shape == (500, 256)
     per_row = codes.getnnz(axis=1)
     assert (
@@ -66,7 +49,7 @@ def test_topk_codes_have_k_active_units(topk_run, data):
     )  # the promise: at most k, ReLU rarely drops one
     np.testing.assert_allclose(sp.linalg.norm(codes, axis=1), 1.0, atol=1e-5)
     # the k kept units are the k largest head outputs
-    u = t.outputs(data.query[:50])
+    u = t.outputs(small_data.query[:50])
     for r in range(50):
         top = set(np.argsort(-u[r])[:12][u[r][np.argsort(-u[r])[:12]] > 0].tolist())
         assert set(codes[r].indices.tolist()) == top
@@ -77,8 +60,8 @@ def test_topk_codes_have_k_active_units(topk_run, data):
     assert 0.3 < res["metrics"]["map"] < 1
 
 
-def test_l1_codes_are_sparse(data, tmp_path):
-    part = dataclasses.replace(data, x=data.x[:1500], y=data.y[:1500])
+def test_l1_codes_are_sparse(small_data, tmp_path):
+    part = dataclasses.replace(small_data, x=small_data.x[:1500], y=small_data.y[:1500])
     cfg = make_config(
         method="sparse-l1",
         dim=128,
@@ -97,7 +80,9 @@ def test_l1_codes_are_sparse(data, tmp_path):
             data=part,
             final_eval=False,
         )
-        return float(LearnedTransform.from_path(tmp_path / name)(data.query).getnnz(axis=1).mean())
+        return float(
+            LearnedTransform.from_path(tmp_path / name)(small_data.query).getnnz(axis=1).mean()
+        )
 
     sparse_ = active("l1")
     relu = active("relu", epochs=1, loss_options={"l1": 0.0})  # a ReLU code without the penalty
@@ -290,13 +275,20 @@ def test_cli_train_evaluate_search_flags(topk_run, photos_dir, tmp_path, capsys)
     assert 0 < out["metrics"]["map"] <= 1 and (report / "topk.png").stat().st_size > 0
 
 
-def test_evaluate_sparse_model_with_rerank(topk_run, data):
+def test_evaluate_sparse_model_with_rerank(topk_run, small_data):
     from cbir.eval.run import evaluate_features
     from cbir.search.rerank import Rerank
 
     run, res = topk_run
     t = LearnedTransform.from_path(run)
-    args = (t, data.query, data.query_labels, data.database, data.database_labels, data.protocol)
+    args = (
+        t,
+        small_data.query,
+        small_data.query_labels,
+        small_data.database,
+        small_data.database_labels,
+        small_data.protocol,
+    )
     plain = evaluate_features(*args, progress=False)
     assert plain["map"] == pytest.approx(res["metrics"]["map"], abs=1e-9)
     dense = evaluate_features(_Dense(t), *args[1:], progress=False)  # the same codes, dense rows

@@ -5,37 +5,20 @@ its codes answers with the paper's asymmetric score, and `cbir train` / `cbir in
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cbir.heads.learned import LearnedTransform
-from cbir.train.trainer import load_data, make_config, train
+from cbir.train.trainer import make_config, train
 from tests.conftest import FASHION_SMALL, needs_fashion
 
-pytestmark = needs_fashion
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [needs_fashion, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    os.environ.setdefault("CBIR_CACHE", str(tmp_path_factory.mktemp("cache")))
-    return load_data(make_config(**FASHION_SMALL), progress=False)
-
-
-@pytest.fixture(scope="module")
-def run(data, tmp_path_factory) -> tuple[Path, dict]:
+def run(small_data, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("runs") / "subic"
     cfg = make_config(
         method="subic",
@@ -43,10 +26,10 @@ def run(data, tmp_path_factory) -> tuple[Path, dict]:
         loss_options={"k": 16},
         **{**FASHION_SMALL, "epochs": 3, "eval_every": 3, "tsne_points": 0},
     )
-    return out, train(cfg, out, progress=False, data=data)
+    return out, train(cfg, out, progress=False, data=small_data)
 
 
-def test_short_run_beats_chance_with_one_hot_blocks(run, data):
+def test_short_run_beats_chance_with_one_hot_blocks(run, small_data):
     out, res = run
     t = LearnedTransform.from_path(out)
     assert t.kind == "subic-k16" and t.dim == 4 * 16 and res["bits"] == 16
@@ -54,7 +37,7 @@ def test_short_run_beats_chance_with_one_hot_blocks(run, data):
     assert res["metrics"]["map"] > 0.4 and res["metrics"]["recall@1"] > 0.5
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["mean_entropy"] < rows[0]["mean_entropy"]  # blocks move towards one-hot
-    z = t(data.query[:100])
+    z = t(small_data.query[:100])
     np.testing.assert_allclose(z.reshape(100, 4, 16).sum(2), 1.0, atol=1e-5)
 
 
