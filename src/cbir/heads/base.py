@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 import numpy as np
 
 from cbir.codes.base import l2_normalize
 
-__all__ = ["Transform", "l2_normalize"]
+__all__ = ["Transform", "collection_mean", "l2_normalize"]
+
+
+def collection_mean(features: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """The mean of a collection's features (float32, summed in float64) and the record of
+    the fit kept in an index's spec: ``{"images": n, "at": "YYYY-mm-ddTHH:MM:SSZ"}``."""
+    mean = np.asarray(features, dtype=np.float64).mean(0).astype(np.float32)
+    fitted = {
+        "images": int(len(features)),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return mean, fitted
 
 
 class Transform(Protocol):

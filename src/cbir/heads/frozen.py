@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cbir.errors import CbirError
-from cbir.heads.base import l2_normalize
+from cbir.heads.base import collection_mean, l2_normalize
 from cbir.utils import atomic_write_bytes
 
 
@@ -95,11 +94,7 @@ class FrozenTransform:
         """Fit the mean on ``features`` (only when centring and not fitted yet), and the
         whitening (when whitening and not fitted yet)."""
         if self.center and self.mean is None and len(features):
-            self.mean = np.asarray(features, dtype=np.float64).mean(0).astype(np.float32)
-            self.fitted = {
-                "images": int(len(features)),
-                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
+            self.mean, self.fitted = collection_mean(features)
         if self.whiten and self.white is None and len(features):
             from cbir.backbones.pooling import learn_whitening
 

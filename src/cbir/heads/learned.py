@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ import torch
 
 from cbir.codes.registry import code_kind
 from cbir.errors import CbirError
-from cbir.heads.base import l2_normalize
+from cbir.heads.base import collection_mean, l2_normalize
 from cbir.heads.head import Head
 from cbir.heads.residual import build_head
 from cbir.heads.vsepp import encode_texts, text_fingerprint
@@ -217,12 +216,8 @@ class LearnedTransform:
         """Centre on the mean of ``features`` (the collection) if the run asked for it and
         it is not fitted yet; otherwise nothing to fit: the head was trained."""
         if self.center and self.mean is None and len(features):
-            m = np.asarray(features, dtype=np.float64).mean(0).astype(np.float32)
+            m, self.fitted = collection_mean(features)
             self.mean = torch.from_numpy(m)
-            self.fitted = {
-                "images": int(len(features)),
-                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
 
     def unfit(self) -> None:
         """Forget the collection mean, so the next :meth:`fit` computes it again."""
