@@ -360,6 +360,20 @@ def main() -> int:
         f" {raw_embed['qps_all_cores']:.0f}/s on all cores, no server can answer uploads with a"
         f" mean latency under {floor:.0f} ms here (Little's law: in flight / throughput)."
     )
+    by_id = [
+        r
+        for r in results
+        if r.name.startswith("GET") and r.server_cpu_s is not None and r.concurrency == 1
+    ]
+    if by_id:
+        cpu = 1e3 * by_id[0].server_cpu_s / max(by_id[0].requests, 1)
+        cores = os.cpu_count() or 1
+        print(
+            f"Search by id costs the server {cpu:.2f} CPU ms per request (1 in flight): with"
+            f" {conc} in flight on {cores} cores, the mean latency cannot go under"
+            f" {conc * cpu / cores:.1f} ms (Little's law: throughput <= {cores} / CPU per request),"
+            " before the load generator's own CPU."
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
