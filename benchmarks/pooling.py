@@ -1,13 +1,17 @@
-"""Retrieval pooling side by side: avg, GeM, R-MAC, each at one scale and multi-scale.
+"""Retrieval pooling side by side: avg, GeM, R-MAC, each at one scale and multi-scale,
+without and with flip averaging.
 
     python benchmarks/pooling.py [--fashion-db 5000] [--fashion-queries 1000] [--copies 500]
         [--whitening-study]
 
-Every row goes through what ``cbir index --pooling P [--scales multi]`` does: the
+Every row goes through what ``cbir index --pooling P [--scales multi] [--flip]`` does: the
 EfficientNet-Lite0 feature-map export at 224 px (and 158, 112 px for multi-scale), the
 pooling of :mod:`cbir.backbones.pooling`, then the index's transform fitted on the
 database (:class:`cbir.heads.frozen.FrozenTransform`: centred; R-MAC PCA-whitened, as by
-default, and not, as with ``--no-whiten``), cosine. The feature maps of each image are computed once and every row pooled from them.
+default, and not, as with ``--no-whiten``), cosine. The feature maps of each image (and of
+its mirrored preprocessed batch, for the ``--flip`` rows) are computed once and every row
+pooled from them. Rows of GeM with p = 4 (a study: the option's p is 3) come from the same
+maps.
 
 Three tasks:
 
@@ -50,7 +54,14 @@ from cbir_testing.collection import encode, transformed
 from cbir_testing.reliability.corpus import PHOTOS
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-ROWS = [(p, ms) for ms in (False, True) for p in P.POOLINGS]
+#: The poolings computed from each feature map: the options' three and GeM with p = 4.
+POOLERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "avg": P.avg,
+    "gem": P.gem,
+    "rmac": P.rmac,
+    "gem4": lambda m: P.gem(m, 4.0),
+}
+ROWS = [(p, ms) for ms in (False, True) for p in POOLERS]
 #: Square crops of each photo: (side as a fraction of the short side, grid per dimension).
 CROPS = ((0.7, 3), (0.5, 4), (0.35, 5))
 
@@ -94,27 +105,41 @@ def copy_of(im: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.open(io.BytesIO(encode(out.convert("RGB"), fmt))).convert("RGB")
 
 
-def pooled(bb: EfficientNetLite0, images: list, tag: str, batch: int = 32) -> dict:
-    """``{(pooling, multi): (n, 1280)}`` of ``images``, cached under $CBIR_CACHE/pooling."""
+def pooled(
+    bb: EfficientNetLite0, images: list, tag: str, mirror: bool = False, batch: int = 32
+) -> dict:
+    """``{(pooling, multi): (n, 1280)}`` of ``images`` (of their preprocessed batches
+    mirrored, with ``mirror``: what ``--flip`` adds), cached under $CBIR_CACHE/pooling."""
+    tag += "-mirror" if mirror else ""
     path = cache_dir("pooling") / f"{tag}-{len(images)}.npz"
     if path.exists():
         z = np.load(path)
-        return {(p, ms): z[f"{p}-{int(ms)}"] for p, ms in ROWS}
-    per: dict[str, list[list[np.ndarray]]] = {p: [[] for _ in bb.scales] for p in P.POOLINGS}
+        if all(f"{p}-{int(ms)}" in z for p, ms in ROWS):
+            return {(p, ms): z[f"{p}-{int(ms)}"] for p, ms in ROWS}
+    per: dict[str, list[list[np.ndarray]]] = {p: [[] for _ in bb.scales] for p in POOLERS}
     t0 = time.perf_counter()
     for i in range(0, len(images), batch):
-        maps, _ = bb.feature_maps(bb.batch(images[i : i + batch]))
-        for p in P.POOLINGS:
+        b = bb.batch(images[i : i + batch])
+        maps, _ = bb.feature_maps(P.mirrored(b) if mirror else b)
+        for p, fn in POOLERS.items():
             for j, m in enumerate(maps):
-                per[p][j].append(P.pool(m, p))
+                per[p][j].append(fn(m))
         log(f"  {tag}: {min(i + batch, len(images))}/{len(images)} {time.perf_counter() - t0:.0f}s")
     out = {}
-    for p in P.POOLINGS:
+    for p in POOLERS:
         scales = [np.concatenate(v) for v in per[p]]
         out[(p, False)] = scales[0]
         out[(p, True)] = P.combine_scales(scales)
     np.savez(path, **{f"{p}-{int(ms)}": v for (p, ms), v in out.items()})
     return out
+
+
+def flipped(plain: np.ndarray, mirror: np.ndarray, ms: bool) -> np.ndarray:
+    """The ``--flip`` descriptor from an image's rows and its mirror's: the mean of all the
+    L2-normalised per-scale rows (a multi-scale row is already the mean of its scales')."""
+    if ms:
+        return ((plain + mirror) / 2).astype(np.float32)
+    return P.combine_scales([plain, mirror])
 
 
 def index_view(db: np.ndarray, whiten: bool) -> Callable[[np.ndarray], np.ndarray]:
@@ -179,11 +204,18 @@ def main() -> int:
     args = ap.parse_args()
 
     bb = EfficientNetLite0(224, pooling="gem", scales=P.MULTI_SCALES)
-    # the avg row must be today's default backbone: check on a few images
+    # the avg row must be today's default backbone, and the flip rows what --flip embeds:
+    # check on a few images
     ref = EfficientNetLite0(224)
     photo_db, photo_q, photo_src = photo_set(args.seed, args.photo_queries)
-    m, _ = bb.feature_maps(bb.batch(photo_db[:4]))
+    b = bb.batch(photo_db[:4])
+    m, _ = bb.feature_maps(b)
     assert np.allclose(P.avg(m[0]), ref.embed(photo_db[:4]), atol=1e-4)
+    mm, _ = bb.feature_maps(P.mirrored(b))
+    plain, mirror = (P.combine_scales([P.gem(x) for x in y]) for y in (m, mm))
+    want = flipped(plain, mirror, True)
+    got = EfficientNetLite0(224, pooling="gem", scales=P.MULTI_SCALES, flip=True).embed(b)
+    assert np.allclose(want, got, atol=1e-5)
 
     fm = load_idx(FASHION, "fashion-mnist")
     train, test = fm["train"], fm["test"]
@@ -194,12 +226,21 @@ def main() -> int:
     f_copies = [copy_of(f_db[i], rng) for i in src]
 
     tag = f"s{args.seed}"
+    sets = {
+        "photo_db": (photo_db, f"photos-db-{tag}"),
+        "photo_q": (photo_q, f"photos-q-{args.photo_queries}-{tag}"),
+        "f_db": (f_db, "fashion-train"),
+        "f_q": (f_q, "fashion-test"),
+        "f_copies": (f_copies, f"fashion-copies-{args.copies}-{tag}"),
+    }
+    plain = {k: pooled(bb, ims, t) for k, (ims, t) in sets.items()}
+    mirror = {k: pooled(bb, ims, t, mirror=True) for k, (ims, t) in sets.items()}
     feats = {
-        "photo_db": pooled(bb, photo_db, f"photos-db-{tag}"),
-        "photo_q": pooled(bb, photo_q, f"photos-q-{args.photo_queries}-{tag}"),
-        "f_db": pooled(bb, f_db, "fashion-train"),
-        "f_q": pooled(bb, f_q, "fashion-test"),
-        "f_copies": pooled(bb, f_copies, f"fashion-copies-{args.copies}-{tag}"),
+        k: {
+            **{(p, ms, False): v for (p, ms), v in plain[k].items()},
+            **{(p, ms, True): flipped(v, mirror[k][p, ms], ms) for (p, ms), v in plain[k].items()},
+        }
+        for k in sets
     }
     print(
         f"pooling benchmark: EfficientNet-Lite0 224 px; photos {len(photo_db)} db /"
@@ -209,12 +250,13 @@ def main() -> int:
     ql, dl = test.labels[: args.fashion_queries], train.labels[: args.fashion_db]
     base: list[np.ndarray] = []
 
-    def row(name: str, p: str, ms: bool, make: Callable) -> None:
-        t = make(feats["photo_db"][p, ms])
-        p1, p10 = source_rates(t(feats["photo_db"][p, ms]), t(feats["photo_q"][p, ms]), photo_src)
-        t = make(feats["f_db"][p, ms])
-        db, fq = t(feats["f_db"][p, ms]), t(feats["f_q"][p, ms])
-        c1, c10 = source_rates(db, t(feats["f_copies"][p, ms]), src)
+    def row(name: str, p: str, ms: bool, make: Callable, flip: bool = False) -> None:
+        k = (p, ms, flip)
+        t = make(feats["photo_db"][k])
+        p1, p10 = source_rates(t(feats["photo_db"][k]), t(feats["photo_q"][k]), photo_src)
+        t = make(feats["f_db"][k])
+        db, fq = t(feats["f_db"][k]), t(feats["f_q"][k])
+        c1, c10 = source_rates(db, t(feats["f_copies"][k]), src)
         r = evaluate_retrieval(
             fq, db, ql, dl, precision_at=(), recall_at=(), map_at_r=False, pr_points=0,
             pk_curve=(), progress=False,
@@ -222,24 +264,34 @@ def main() -> int:
         aps = query_aps(fq, db, ql, dl)
         base.append(base[0] if base else aps)
         print(
-            f"| {name} | {'1, 1/sqrt2, 1/2' if ms else '1'} | {100 * p1:.1f}% | {100 * p10:.1f}%"
+            f"| {name} | {'1, 1/sqrt2, 1/2' if ms else '1'} | {'yes' if flip else 'no'}"
+            f" | {100 * p1:.1f}% | {100 * p10:.1f}%"
             f" | {100 * c1:.1f}% | {100 * c10:.1f}% | {r['map']:.4f} |"
             f" {diff_interval(aps - base[0])} |",
             flush=True,
         )
 
-    head = "| pooling | scales | photos top-1 | photos top-10 | fashion copies top-1 |"
+    head = "| pooling | scales | flip | photos top-1 | photos top-10 | fashion copies top-1 |"
     print(head + " fashion copies top-10 | fashion mAP | mAP vs avg [95%] |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     variants = [("avg", False), ("gem", False), ("rmac", True), ("rmac", False)]
-    for ms in (False, True):
-        for p, white in variants:
-            name = p + (" (PCA-whitened)" if white else " (not whitened)" if p == "rmac" else "")
-            row(name, p, ms, lambda db, w=white: index_view(db, w))
+    names = {"gem4": "gem, p = 4 (study)"}
+    for flip in (False, True):
+        for ms in (False, True):
+            for p, white in variants:
+                if flip and white:  # the whitened R-MAC lost category mAP: no flip rows
+                    continue
+                name = p + (
+                    " (PCA-whitened)" if white else " (not whitened)" if p == "rmac" else ""
+                )
+                row(name, p, ms, lambda db, w=white: index_view(db, w), flip)
+    for flip in (False, True):
+        for ms in (False, True):
+            row(names["gem4"], "gem4", ms, lambda db: index_view(db, False), flip)
     if args.whitening_study:
         for ms in (False, True):
             for dims in (64, 128, 256, 512):
-                row(f"rmac, PCA-whitened to {dims} dims", "rmac", ms, pca_whitening(dims))
+                row(f"rmac, PCA-whitened to {dims} dims", "rmac", ms, pca_whitening(dims), False)
     return 0
 
 

@@ -67,6 +67,7 @@ def create_or_open(
     scales: str | None = None,
     whiten: bool | None = None,
     feature_dtype: str | None = None,
+    flip: bool | None = None,
 ) -> IndexStore:
     """Open ``index_dir``, or create it with the given model and index settings.
 
@@ -74,7 +75,7 @@ def create_or_open(
     ``backbone``: a registry spec (``cbir.backbones.registry``; default efficientnet-lite0).
     ``n_images``: how many images are about to be indexed; an index type that cannot be
     built for them (and those already indexed) is refused before anything is written.
-    ``pooling``, ``scales``, ``whiten``: retrieval pooling of a new index
+    ``pooling``, ``scales``, ``whiten``, ``flip``: retrieval pooling of a new index
     (:mod:`cbir.backbones.pooling`).
     ``feature_dtype``: the dtype of a new index's feature segments (float32 or float16).
     """
@@ -87,7 +88,7 @@ def create_or_open(
         if backbone is not None:
             _check_backbone(store, backbone, size)
         try:
-            pooling_mod.check_recorded(root, cfg["backbone"], pooling, scales)
+            pooling_mod.check_recorded(root, cfg["backbone"], pooling, scales, flip)
             pooling_mod.check_whiten(root, store.get_meta("transform", {}), whiten)
         except CbirError:
             store.close()
@@ -154,7 +155,7 @@ def create_or_open(
             f"a --model run is trained on {DEFAULT} features; index it without --backbone"
         )
     options = {"size": size or (DEFAULT_SIZE if split_spec(spec)[0] == DEFAULT else None)}
-    options.update(pooling_mod.options(split_spec(spec)[0], pooling, scales))
+    options.update(pooling_mod.options(split_spec(spec)[0], pooling, scales, flip))
     if transform is not None and getattr(transform, "backbone_weights", None) is not None:
         options["weights"] = transform.backbone_weights
     bb = open_backbone(spec, **options)
@@ -276,6 +277,7 @@ def index_folder(
     scales: str | None = None,
     whiten: bool | None = None,
     feature_dtype: str | None = None,
+    flip: bool | None = None,
 ) -> IndexSummary:
     """Index (or update the index of) every image under ``images_dir``.
 
@@ -295,6 +297,7 @@ def index_folder(
     every image now indexed (the search index is rebuilt). ``pooling`` (avg, gem, rmac) and
     ``scales`` (e.g. ``multi``) and ``whiten`` (None: as the pooling's paper, on for rmac):
     retrieval pooling of a new index; an existing index keeps its own (others are refused).
+    ``flip``: average each image's descriptor with its mirror's (recorded like ``scales``).
     ``feature_dtype``: float32 (default) or float16 segments of a new index (half the bytes).
     """
     t0 = time.perf_counter()
@@ -339,6 +342,7 @@ def index_folder(
         scales=scales,
         whiten=whiten,
         feature_dtype=feature_dtype,
+        flip=flip,
     )
     summary = IndexSummary(images_dir=str(root), index_dir=str(index_dir), found=len(files))
     summary.excluded = len(found) - len(files)

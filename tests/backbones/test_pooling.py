@@ -153,3 +153,65 @@ def test_rmac_index_whitens_by_default_and_no_whiten_is_recorded(photos_copy, tm
         capsys.readouterr()
         assert main([*args, "--whiten" if not whitened else "--no-whiten"]) == 1
         assert "was built with" in capsys.readouterr().err
+
+
+def test_flip_descriptor_is_mirror_invariant_and_in_the_fingerprint(photos_dir):
+    from PIL import Image, ImageOps
+
+    from cbir.backbones.efficientnet_lite import EfficientNetLite0, describe
+
+    ims = [Image.open(p).convert("RGB") for p in sorted(photos_dir.rglob("*.png"))[:3]]
+    mirrors = [ImageOps.mirror(im) for im in ims]
+    for pooling, scales in (("avg", None), ("gem", "multi"), ("rmac", None)):
+        flip = EfficientNetLite0(64, pooling=pooling, scales=scales, flip=True)
+        plain = EfficientNetLite0(64, pooling=pooling, scales=scales)
+        a, b = flip.embed(ims), flip.embed(mirrors)
+        assert np.allclose(a, b, atol=1e-5), pooling
+        # without --flip a mirror is another descriptor; with it, the mean of both
+        pa, pb = plain.embed(ims), plain.embed(mirrors)
+        assert np.abs(P.l2n(pa) - P.l2n(pb)).max() > 1e-2, pooling
+        assert np.allclose(a, P.combine_scales([pa, pb]) if scales is None else (pa + pb) / 2,
+                           atol=1e-5)  # fmt: skip
+        assert flip.fingerprint["flip"] is True and "flip" not in plain.fingerprint
+        assert flip.fingerprint != plain.fingerprint and "flip" in describe(flip.fingerprint)
+    # the default is the same graph and fingerprint as before the option
+    assert "flip" not in EfficientNetLite0(64).fingerprint
+    assert not EfficientNetLite0(64).map_sessions and EfficientNetLite0(64, flip=True).map_sessions
+
+
+def test_cli_flip_index_recorded_mirror_found_and_never_mixed(photos_copy, tmp_path, capsys):
+    from PIL import ImageOps
+
+    from cbir.cli.main import main
+
+    base = ["index", str(photos_copy), "--size", "64", "--json"]
+    plain, flip = tmp_path / "plain", tmp_path / "flip"
+    assert main([*base, "--index", str(plain)]) == 0
+    capsys.readouterr()
+    # an index built without --flip refuses it (and says how it was built)
+    assert main([*base, "--index", str(plain), "--flip"]) == 1
+    err = capsys.readouterr().err
+    assert str(plain) in err and "was built with --no-flip" in err
+    assert main([*base, "--index", str(plain), "--no-flip"]) == 0  # the same: an update
+    capsys.readouterr()
+    assert main([*base, "--index", str(flip), "--pooling", "gem", "--flip"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(flip), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["backbone"]["flip"] is True
+    assert main(["info", str(flip)]) == 0
+    assert "flip-averaged" in capsys.readouterr().out
+    assert main([*base, "--index", str(flip), "--no-flip"]) == 1
+    assert "was built with --flip" in capsys.readouterr().err
+    # search uses the index's setting: a mirrored photo finds its source at score ~1
+    src = sorted(photos_copy.rglob("*.png"))[0]
+    from PIL import Image
+
+    query = tmp_path / "mirror.png"
+    ImageOps.mirror(Image.open(src).convert("RGB")).save(query)
+    for idx, exact in ((flip, True), (plain, False)):
+        assert main(["search", str(idx), str(query), "-k", "3", "--json"]) == 0
+        hits = json.loads(capsys.readouterr().out)
+        top = hits["results"][0] if isinstance(hits, dict) else hits[0]
+        assert (Path(top["path"]).name == src.name and top["score"] > 0.9999) is exact
+    with pytest.raises(CbirError, match="efficientnet-lite0"):
+        P.options("onnx", None, None, True)

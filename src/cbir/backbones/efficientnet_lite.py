@@ -235,6 +235,8 @@ class EfficientNetLite0(ExportSession):
         pooling: ``avg`` (the graph's own global average), ``gem`` or ``rmac``
             (:mod:`cbir.backbones.pooling`, over the feature-map export).
         scales: image scales of multi-scale inference (default ``(1.0,)``: one scale).
+        flip: average the descriptors of each image and its horizontal mirror
+            (:mod:`cbir.backbones.pooling`; default off).
     """
 
     name = NAME
@@ -249,13 +251,15 @@ class EfficientNetLite0(ExportSession):
         weights: str | os.PathLike[str] | None = None,
         pooling: str = pooling_mod.DEFAULT,
         scales: tuple[float, ...] | None = None,
+        flip: bool = False,
     ) -> None:
         self.preprocess = Preprocess(size=size, mode=mode)
         self.weights_file = None if weights is None else Path(weights)
         self.weights = weights_digest() if weights is None else file_digest(weights)
         self.pooling = pooling_mod.check_pooling(pooling)
         self.scales = pooling_mod.parse_scales(scales)
-        if self.pooling == pooling_mod.DEFAULT and self.scales == (1.0,):
+        self.flip = bool(flip)
+        if self.pooling == pooling_mod.DEFAULT and self.scales == (1.0,) and not self.flip:
             self.session = cpu_session(onnx_path(size, weights, self.weights), threads)
             self.map_sessions: list[tuple[int, Any]] = []
         else:  # one feature-map export per scale's input size
@@ -267,8 +271,9 @@ class EfficientNetLite0(ExportSession):
 
     @property
     def fingerprint(self) -> dict:
-        """What an index records to refuse queries from a different model (``pooling`` and
-        ``scales`` only when not the default, so older indexes keep their fingerprint)."""
+        """What an index records to refuse queries from a different model (``pooling``,
+        ``scales`` and ``flip`` only when not the default, so older indexes keep their
+        fingerprint)."""
         fp = {
             "backbone": self.name,
             "weights": self.weights,
@@ -279,11 +284,13 @@ class EfficientNetLite0(ExportSession):
             fp["pooling"] = self.pooling
         if self.scales != (1.0,):
             fp["scales"] = list(self.scales)
+        if self.flip:
+            fp["flip"] = True
         return fp
 
     def feature_maps(self, batch: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         """The last feature map ``(n, 1280, h, w)`` at each scale, and the full-scale
-        ImageNet logits, of a preprocessed batch (only with a pooling or scales option)."""
+        ImageNet logits, of a preprocessed batch (only with a pooling, scales or flip option)."""
         batch = np.ascontiguousarray(batch, np.uint8)
         maps, logits = [], None
         for side, session in self.map_sessions:
@@ -293,13 +300,19 @@ class EfficientNetLite0(ExportSession):
         return maps, logits
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Features ``(n, 1280)`` (pooled as the backbone's ``pooling`` and ``scales`` say)
-        and ImageNet logits ``(n, 1000)`` of a preprocessed batch."""
+        """Features ``(n, 1280)`` (pooled as the backbone's ``pooling``, ``scales`` and
+        ``flip`` say) and ImageNet logits ``(n, 1000)`` (of the unmirrored images) of a
+        preprocessed batch."""
         if not self.map_sessions:
             return super().run(batch)
+        n = len(batch)
+        if self.flip:  # the mirrored images in the same network run
+            batch = np.concatenate([batch, pooling_mod.mirrored(batch)])
         maps, logits = self.feature_maps(batch)
-        vecs = [pooling_mod.pool(m, self.pooling) for m in maps]
-        return pooling_mod.combine_scales(vecs), logits
+        vecs = [pooling_mod.pool(m[:n], self.pooling) for m in maps]
+        if self.flip:
+            vecs += [pooling_mod.pool(m[n:], self.pooling) for m in maps]
+        return pooling_mod.combine_scales(vecs), logits[:n]
 
 
 @lru_cache(maxsize=8)
@@ -310,8 +323,11 @@ def _shared(
     digest: str | None,
     pooling: str = pooling_mod.DEFAULT,
     scales: tuple[float, ...] = (1.0,),
+    flip: bool = False,
 ) -> EfficientNetLite0:
-    return EfficientNetLite0(size=size, mode=mode, weights=weights, pooling=pooling, scales=scales)
+    return EfficientNetLite0(
+        size=size, mode=mode, weights=weights, pooling=pooling, scales=scales, flip=flip
+    )
 
 
 def get_backbone(
@@ -320,14 +336,16 @@ def get_backbone(
     weights: str | os.PathLike[str] | None = None,
     pooling: str = pooling_mod.DEFAULT,
     scales: tuple[float, ...] | None = None,
+    flip: bool = False,
 ) -> EfficientNetLite0:
-    """A shared backbone instance per (size, mode, weights file content, pooling, scales)."""
+    """A shared backbone instance per (size, mode, weights file content, pooling, scales,
+    flip)."""
     sc = pooling_mod.parse_scales(scales)
     if weights is None:
-        return _shared(size, mode, None, None, pooling, sc)
+        return _shared(size, mode, None, None, pooling, sc, bool(flip))
     st = os.stat(weights)
     digest = _digest_of(os.fspath(weights), st.st_size, st.st_mtime_ns)
-    return _shared(size, mode, os.fspath(weights), digest, pooling, sc)
+    return _shared(size, mode, os.fspath(weights), digest, pooling, sc, bool(flip))
 
 
 @lru_cache(maxsize=32)
@@ -348,13 +366,14 @@ def open_efficientnet(
     weights: str | os.PathLike[str] | None = None,
     pooling: str = pooling_mod.DEFAULT,
     scales: tuple[float, ...] | None = None,
+    flip: bool = False,
 ) -> EfficientNetLite0:
     """The registry's factory: the shared instance (:func:`get_backbone`), or a private
     one with its own ``threads``."""
     if threads is None:
-        return get_backbone(size, mode, weights, pooling, scales)
+        return get_backbone(size, mode, weights, pooling, scales, flip)
     return EfficientNetLite0(
-        size, mode, threads=threads, weights=weights, pooling=pooling, scales=scales
+        size, mode, threads=threads, weights=weights, pooling=pooling, scales=scales, flip=flip
     )
 
 
@@ -381,6 +400,7 @@ def reopen(
         weights,
         fp.get("pooling", pooling_mod.DEFAULT),
         fp.get("scales"),
+        bool(fp.get("flip")),
     )
     if backbone.fingerprint != fp:
         raise CbirError(
@@ -397,6 +417,8 @@ def describe(fp: dict) -> str:
     extra = f", {fp['pooling']} pooling" if fp.get("pooling") else ""
     if fp.get("scales"):
         extra += ", scales " + ",".join(str(s) for s in fp["scales"])
+    if fp.get("flip"):
+        extra += ", flip-averaged"
     return (
         f"{fp['backbone']} backbone ({what} weights {fp['weights']},"
         f" {fp['preprocess']['size']} px{extra})"

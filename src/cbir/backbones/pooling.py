@@ -13,6 +13,12 @@
   rather than to each region (which would need every region vector of the collection).
 - multi-scale inference: the image at scales 1, 1/sqrt(2) and 1/2, each pooled and
   L2-normalised, then averaged (Radenovic et al.'s multi-scale descriptor with exponent 1).
+- flip (``--flip``): test-time horizontal-flip augmentation, the averaging over an image and
+  its horizontal reflection of Krizhevsky, Sutskever & Hinton ("ImageNet Classification with
+  Deep Convolutional Neural Networks", NIPS 2012) applied to descriptors: the preprocessed
+  image and its mirror each pooled (at each scale) and L2-normalised, all rows averaged. The
+  descriptor of an image and of its mirror are then the same (mirror invariance), for twice
+  the network work.
 """
 
 from __future__ import annotations
@@ -66,6 +72,11 @@ def parse_scales(text: str | Sequence[float] | None) -> tuple[float, ...]:
             f"--scales {text!r}: the first scale is 1 and each is in [0.1, 1] (e.g. multi)"
         )
     return vals
+
+
+def mirrored(batch: np.ndarray) -> np.ndarray:
+    """A preprocessed NHWC batch mirrored left to right."""
+    return np.ascontiguousarray(np.asarray(batch)[:, :, ::-1])
 
 
 def scaled_size(size: int, scale: float) -> int:
@@ -179,25 +190,31 @@ def learn_whitening(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), (vecs / np.sqrt(vals)).astype(np.float32)
 
 
-def options(backbone_name: str, pooling: str | None, scales: str | None) -> dict[str, object]:
-    """The backbone options of ``--pooling`` / ``--scales`` for a new index (refused for a
-    backbone other than ``efficientnet-lite0``, which has no feature-map export)."""
-    if pooling is None and scales is None:
+def options(
+    backbone_name: str, pooling: str | None, scales: str | None, flip: bool | None = None
+) -> dict[str, object]:
+    """The backbone options of ``--pooling`` / ``--scales`` / ``--flip`` for a new index
+    (refused for a backbone other than ``efficientnet-lite0``, which has no feature-map
+    export). ``--no-flip`` records nothing: the default."""
+    if pooling is None and scales is None and not flip:
         return {}
     if backbone_name != "efficientnet-lite0":
         raise CbirError(
-            f"--pooling and --scales need the efficientnet-lite0 backbone, not {backbone_name};"
-            " leave them out or leave out --backbone"
+            f"--pooling, --scales and --flip need the efficientnet-lite0 backbone, not"
+            f" {backbone_name}; leave them out or leave out --backbone"
         )
     return {
         "pooling": None if pooling is None else check_pooling(pooling),
         "scales": None if scales is None else parse_scales(scales),
+        "flip": True if flip else None,
     }
 
 
-def check_recorded(root: object, fp: dict, pooling: str | None, scales: str | None) -> None:
-    """Refuse ``--pooling`` / ``--scales`` other than those the index at ``root`` (backbone
-    fingerprint ``fp``) was built with: one index never mixes poolings."""
+def check_recorded(
+    root: object, fp: dict, pooling: str | None, scales: str | None, flip: bool | None = None
+) -> None:
+    """Refuse ``--pooling`` / ``--scales`` / ``--flip`` other than those the index at
+    ``root`` (backbone fingerprint ``fp``) was built with: one index never mixes poolings."""
     have = fp.get("pooling", DEFAULT)
     have_scales = tuple(fp.get("scales") or (1.0,))
     if pooling is not None and check_pooling(pooling) != have:
@@ -210,6 +227,14 @@ def check_recorded(root: object, fp: dict, pooling: str | None, scales: str | No
         raise CbirError(
             f"{root} was built with --scales {built}, not {scales}; leave --scales out to"
             " update it, or index into another --index directory"
+        )
+    have_flip = bool(fp.get("flip"))
+    if flip is not None and bool(flip) != have_flip:
+        built, asked = ("--flip", "--no-flip") if have_flip else ("--no-flip", "--flip")
+        raise CbirError(
+            f"{root} was built with {built} (flip averaging {'on' if have_flip else 'off'}),"
+            f" not {asked}; leave the option out to update it, or index into another --index"
+            " directory"
         )
 
 

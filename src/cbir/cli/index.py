@@ -39,6 +39,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             refit_center=args.refit_center,
             pooling=args.pooling,
             scales=args.scales,
+            flip=args.flip,
             whiten=args.whiten,
             feature_dtype=args.feature_dtype,
         )
@@ -151,6 +152,13 @@ def register(add: AddCommand) -> None:
         metavar="multi|S,S,..",
         help="multi-scale inference of a new index: multi (1, 1/sqrt2, 1/2) or scales such"
         " as 1,0.5 (default 1)",
+    )
+    sp.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mirror invariance for a new index: each image's descriptor is the mean of those"
+        " of the image and its horizontal mirror (twice the embedding work; default off)",
     )
     sp.add_argument(
         "--whiten",

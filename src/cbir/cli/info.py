@@ -46,9 +46,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(
             f"backbone:     {bb['backbone']} (weights {bb.get('weights') or bb.get('sha256', '?')[:12]}, {bb['preprocess']['size']} px, {bb['preprocess']['mode']})"
         )
-        if bb.get("pooling") or bb.get("scales"):
+        if bb.get("pooling") or bb.get("scales") or bb.get("flip"):
             scales = ",".join(str(v) for v in bb.get("scales") or [1.0])
-            print(f"pooling:      {bb.get('pooling', 'avg')}, scales {scales}")
+            flip = ", flip-averaged (--flip)" if bb.get("flip") else ""
+            print(f"pooling:      {bb.get('pooling', 'avg')}, scales {scales}{flip}")
         print(
             f"model:        {info['model'].get('kind')}"
             + (" (centred)" if info["model"].get("center") else "")
