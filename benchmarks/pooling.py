@@ -1,8 +1,8 @@
 """Retrieval pooling side by side: avg, GeM, R-MAC, each at one scale and multi-scale,
-without and with flip averaging.
+without and with flip averaging, without and with power normalisation.
 
     python benchmarks/pooling.py [--fashion-db 5000] [--fashion-queries 1000] [--copies 500]
-        [--whitening-study]
+        [--seed 0] [--whitening-study]
 
 Every row goes through what ``cbir index --pooling P [--scales multi] [--flip]`` does: the
 EfficientNet-Lite0 feature-map export at 224 px (and 158, 112 px for multi-scale), the
@@ -11,7 +11,8 @@ database (:class:`cbir.heads.frozen.FrozenTransform`: centred; R-MAC PCA-whitene
 default, and not, as with ``--no-whiten``), cosine. The feature maps of each image (and of
 its mirrored preprocessed batch, for the ``--flip`` rows) are computed once and every row
 pooled from them. Rows of GeM with p = 4 (a study: the option's p is 3) come from the same
-maps.
+maps, and the ``power 0.5`` rows (``--power 0.5``: the signed square root of the pooled
+descriptor, L2-normalised) from the same pooled vectors.
 
 Three tasks:
 
@@ -224,6 +225,8 @@ def main() -> int:
     want = flipped(plain, mirror, True)
     got = EfficientNetLite0(224, pooling="gem", scales=P.MULTI_SCALES, flip=True).embed(b)
     assert np.allclose(want, got, atol=1e-5)
+    got = EfficientNetLite0(224, pooling="gem", scales=P.MULTI_SCALES, flip=True, power=0.5)
+    assert np.allclose(P.power_normalise(want, 0.5), got.embed(b), atol=1e-5)
 
     fm = load_idx(FASHION, "fashion-mnist")
     train, test = fm["train"], fm["test"]
@@ -259,13 +262,20 @@ def main() -> int:
     base: list[np.ndarray] = []
     base_hits: list[np.ndarray] = []
 
-    def row(name: str, p: str, ms: bool, make: Callable, flip: bool = False) -> None:
+    def row(
+        name: str, p: str, ms: bool, make: Callable, flip: bool = False, power: float = 1.0
+    ) -> None:
         k = (p, ms, flip)
-        t = make(feats["photo_db"][k])
-        p1, p10 = source_rates(t(feats["photo_db"][k]), t(feats["photo_q"][k]), photo_src)
-        t = make(feats["f_db"][k])
-        db, fq = t(feats["f_db"][k]), t(feats["f_q"][k])
-        crank = source_ranks(db, t(feats["f_copies"][k]), src)
+
+        def f(key: str) -> np.ndarray:  # --power: on the pooled descriptor, before the index
+            x = feats[key][k]
+            return x if power == 1.0 else P.power_normalise(x, power)
+
+        t = make(f("photo_db"))
+        p1, p10 = source_rates(t(f("photo_db")), t(f("photo_q")), photo_src)
+        t = make(f("f_db"))
+        db, fq = t(f("f_db")), t(f("f_q"))
+        crank = source_ranks(db, t(f("f_copies")), src)
         c1, c10 = float((crank == 0).mean()), float((crank < 10).mean())
         hits = 100.0 * (crank < 10)
         base_hits.append(base_hits[0] if base_hits else hits)
@@ -304,6 +314,12 @@ def main() -> int:
     for flip in (False, True):
         for ms in (False, True):
             row(names["gem4"], "gem4", ms, lambda db: index_view(db, False), flip)
+    # --power 0.5 (the signed square root, Perronnin et al. 2010) of the unwhitened poolings
+    for flip in (False, True):
+        for ms in (False, True):
+            for p in ("gem", "rmac"):
+                name = p + (" (not whitened)" if p == "rmac" else "") + ", power 0.5"
+                row(name, p, ms, lambda db: index_view(db, False), flip, 0.5)
     if args.whitening_study:
         for ms in (False, True):
             for dims in (64, 128, 256, 512):

@@ -68,6 +68,7 @@ def create_or_open(
     whiten: bool | None = None,
     feature_dtype: str | None = None,
     flip: bool | None = None,
+    power: float | str | None = None,
 ) -> IndexStore:
     """Open ``index_dir``, or create it with the given model and index settings.
 
@@ -75,7 +76,7 @@ def create_or_open(
     ``backbone``: a registry spec (``cbir.backbones.registry``; default efficientnet-lite0).
     ``n_images``: how many images are about to be indexed; an index type that cannot be
     built for them (and those already indexed) is refused before anything is written.
-    ``pooling``, ``scales``, ``whiten``, ``flip``: retrieval pooling of a new index
+    ``pooling``, ``scales``, ``whiten``, ``flip``, ``power``: retrieval pooling of a new index
     (:mod:`cbir.backbones.pooling`).
     ``feature_dtype``: the dtype of a new index's feature segments (float32 or float16).
     """
@@ -88,7 +89,7 @@ def create_or_open(
         if backbone is not None:
             _check_backbone(store, backbone, size)
         try:
-            pooling_mod.check_recorded(root, cfg["backbone"], pooling, scales, flip)
+            pooling_mod.check_recorded(root, cfg["backbone"], pooling, scales, flip, power)
             pooling_mod.check_whiten(root, store.get_meta("transform", {}), whiten)
         except CbirError:
             store.close()
@@ -155,7 +156,7 @@ def create_or_open(
             f"a --model run is trained on {DEFAULT} features; index it without --backbone"
         )
     options = {"size": size or (DEFAULT_SIZE if split_spec(spec)[0] == DEFAULT else None)}
-    options.update(pooling_mod.options(split_spec(spec)[0], pooling, scales, flip))
+    options.update(pooling_mod.options(split_spec(spec)[0], pooling, scales, flip, power))
     if transform is not None and getattr(transform, "backbone_weights", None) is not None:
         options["weights"] = transform.backbone_weights
     bb = open_backbone(spec, **options)
@@ -278,6 +279,7 @@ def index_folder(
     whiten: bool | None = None,
     feature_dtype: str | None = None,
     flip: bool | None = None,
+    power: float | str | None = None,
 ) -> IndexSummary:
     """Index (or update the index of) every image under ``images_dir``.
 
@@ -297,7 +299,8 @@ def index_folder(
     every image now indexed (the search index is rebuilt). ``pooling`` (avg, gem, rmac) and
     ``scales`` (e.g. ``multi``) and ``whiten`` (None: as the pooling's paper, on for rmac):
     retrieval pooling of a new index; an existing index keeps its own (others are refused).
-    ``flip``: average each image's descriptor with its mirror's (recorded like ``scales``).
+    ``flip``: average each image's descriptor with its mirror's (recorded like ``scales``);
+    ``power``: power normalisation of the pooled descriptor (recorded likewise).
     ``feature_dtype``: float32 (default) or float16 segments of a new index (half the bytes).
     """
     t0 = time.perf_counter()
@@ -343,6 +346,7 @@ def index_folder(
         whiten=whiten,
         feature_dtype=feature_dtype,
         flip=flip,
+        power=power,
     )
     summary = IndexSummary(images_dir=str(root), index_dir=str(index_dir), found=len(files))
     summary.excluded = len(found) - len(files)

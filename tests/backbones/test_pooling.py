@@ -215,3 +215,58 @@ def test_cli_flip_index_recorded_mirror_found_and_never_mixed(photos_copy, tmp_p
         assert (Path(top["path"]).name == src.name and top["score"] > 0.9999) is exact
     with pytest.raises(CbirError, match="efficientnet-lite0"):
         P.options("onnx", None, None, True)
+
+
+def test_power_normalisation_is_the_signed_root_of_the_pooled_descriptor(photos_dir):
+    """--power P: sign(x)|x|^P of the final pooled descriptor, L2-normalised (Perronnin et
+    al., ECCV 2010); recorded in the fingerprint, the default leaves it out."""
+    from PIL import Image
+
+    from cbir.backbones.efficientnet_lite import EfficientNetLite0, describe
+
+    ims = [Image.open(p).convert("RGB") for p in sorted(photos_dir.rglob("*.png"))[:3]]
+    for pooling, scales, flip in (("rmac", "multi", True), ("gem", None, False)):
+        plain = EfficientNetLite0(64, pooling=pooling, scales=scales, flip=flip)
+        powered = EfficientNetLite0(64, pooling=pooling, scales=scales, flip=flip, power=0.5)
+        x, y = plain.embed(ims), powered.embed(ims)
+        want = np.sign(x) * np.sqrt(np.abs(x))
+        want /= np.linalg.norm(want, axis=1, keepdims=True)
+        assert np.allclose(y, want, atol=1e-5), pooling
+        assert np.allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
+        assert np.abs(P.l2n(x) - y).max() > 1e-2  # it changes the descriptor
+        assert powered.fingerprint["power"] == 0.5 and "power" not in plain.fingerprint
+        assert "power 0.5" in describe(powered.fingerprint)
+    assert EfficientNetLite0(64, power=0.5).map_sessions  # the map export pools it
+    assert "power" not in EfficientNetLite0(64, power=1).fingerprint
+    for bad in ("0", "1.5", "x", "-1"):
+        with pytest.raises(CbirError, match="--power must be"):
+            P.parse_power(bad)
+
+
+def test_cli_power_index_recorded_and_never_mixed(photos_copy, tmp_path, capsys):
+    from cbir.cli.main import main
+
+    base = ["index", str(photos_copy), "--size", "64", "--json"]
+    idx = tmp_path / "pow"
+    assert main([*base, "--index", str(idx), "--pooling", "rmac", "--power", "0.5"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(idx), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["backbone"]["power"] == 0.5
+    assert main(["info", str(idx)]) == 0
+    assert "power 0.5" in capsys.readouterr().out
+    assert main([*base, "--index", str(idx), "--power", "0.5"]) == 0  # the same: an update
+    capsys.readouterr()
+    assert main([*base, "--index", str(idx), "--power", "1"]) == 1
+    err = capsys.readouterr().err
+    assert str(idx) in err and "was built with --power 0.5" in err
+    plain = tmp_path / "plain"
+    assert main([*base, "--index", str(plain)]) == 0
+    capsys.readouterr()
+    assert main([*base, "--index", str(plain), "--power", "0.5"]) == 1
+    assert "was built with --power 1" in capsys.readouterr().err
+    # search embeds queries the index's way: an indexed photo finds itself at score ~1
+    src = sorted(photos_copy.rglob("*.png"))[0]
+    assert main(["search", str(idx), str(src), "-k", "1", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    top = hits["results"][0] if isinstance(hits, dict) else hits[0]
+    assert Path(top["path"]).name == src.name and top["score"] > 0.9999

@@ -237,6 +237,8 @@ class EfficientNetLite0(ExportSession):
         scales: image scales of multi-scale inference (default ``(1.0,)``: one scale).
         flip: average the descriptors of each image and its horizontal mirror
             (:mod:`cbir.backbones.pooling`; default off).
+        power: power normalisation of the final descriptor (default 1: none; 0.5 the
+            signed square root; :mod:`cbir.backbones.pooling`).
     """
 
     name = NAME
@@ -252,6 +254,7 @@ class EfficientNetLite0(ExportSession):
         pooling: str = pooling_mod.DEFAULT,
         scales: tuple[float, ...] | None = None,
         flip: bool = False,
+        power: float | None = None,
     ) -> None:
         self.preprocess = Preprocess(size=size, mode=mode)
         self.weights_file = None if weights is None else Path(weights)
@@ -259,7 +262,13 @@ class EfficientNetLite0(ExportSession):
         self.pooling = pooling_mod.check_pooling(pooling)
         self.scales = pooling_mod.parse_scales(scales)
         self.flip = bool(flip)
-        if self.pooling == pooling_mod.DEFAULT and self.scales == (1.0,) and not self.flip:
+        self.power = pooling_mod.parse_power(power)
+        if (
+            self.pooling == pooling_mod.DEFAULT
+            and self.scales == (1.0,)
+            and not self.flip
+            and self.power == 1.0
+        ):
             self.session = cpu_session(onnx_path(size, weights, self.weights), threads)
             self.map_sessions: list[tuple[int, Any]] = []
         else:  # one feature-map export per scale's input size
@@ -286,6 +295,8 @@ class EfficientNetLite0(ExportSession):
             fp["scales"] = list(self.scales)
         if self.flip:
             fp["flip"] = True
+        if self.power != 1.0:
+            fp["power"] = self.power
         return fp
 
     def feature_maps(self, batch: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
@@ -312,7 +323,10 @@ class EfficientNetLite0(ExportSession):
         vecs = [pooling_mod.pool(m[:n], self.pooling) for m in maps]
         if self.flip:
             vecs += [pooling_mod.pool(m[n:], self.pooling) for m in maps]
-        return pooling_mod.combine_scales(vecs), logits[:n]
+        out = pooling_mod.combine_scales(vecs)
+        if self.power != 1.0:
+            out = pooling_mod.power_normalise(out, self.power)
+        return out, logits[:n]
 
 
 @lru_cache(maxsize=8)
@@ -324,9 +338,16 @@ def _shared(
     pooling: str = pooling_mod.DEFAULT,
     scales: tuple[float, ...] = (1.0,),
     flip: bool = False,
+    power: float = 1.0,
 ) -> EfficientNetLite0:
     return EfficientNetLite0(
-        size=size, mode=mode, weights=weights, pooling=pooling, scales=scales, flip=flip
+        size=size,
+        mode=mode,
+        weights=weights,
+        pooling=pooling,
+        scales=scales,
+        flip=flip,
+        power=power,
     )
 
 
@@ -337,15 +358,17 @@ def get_backbone(
     pooling: str = pooling_mod.DEFAULT,
     scales: tuple[float, ...] | None = None,
     flip: bool = False,
+    power: float | None = None,
 ) -> EfficientNetLite0:
     """A shared backbone instance per (size, mode, weights file content, pooling, scales,
-    flip)."""
+    flip, power)."""
     sc = pooling_mod.parse_scales(scales)
+    pw = pooling_mod.parse_power(power)
     if weights is None:
-        return _shared(size, mode, None, None, pooling, sc, bool(flip))
+        return _shared(size, mode, None, None, pooling, sc, bool(flip), pw)
     st = os.stat(weights)
     digest = _digest_of(os.fspath(weights), st.st_size, st.st_mtime_ns)
-    return _shared(size, mode, os.fspath(weights), digest, pooling, sc, bool(flip))
+    return _shared(size, mode, os.fspath(weights), digest, pooling, sc, bool(flip), pw)
 
 
 @lru_cache(maxsize=32)
@@ -367,13 +390,21 @@ def open_efficientnet(
     pooling: str = pooling_mod.DEFAULT,
     scales: tuple[float, ...] | None = None,
     flip: bool = False,
+    power: float | None = None,
 ) -> EfficientNetLite0:
     """The registry's factory: the shared instance (:func:`get_backbone`), or a private
     one with its own ``threads``."""
     if threads is None:
-        return get_backbone(size, mode, weights, pooling, scales, flip)
+        return get_backbone(size, mode, weights, pooling, scales, flip, power)
     return EfficientNetLite0(
-        size, mode, threads=threads, weights=weights, pooling=pooling, scales=scales, flip=flip
+        size,
+        mode,
+        threads=threads,
+        weights=weights,
+        pooling=pooling,
+        scales=scales,
+        flip=flip,
+        power=power,
     )
 
 
@@ -401,6 +432,7 @@ def reopen(
         fp.get("pooling", pooling_mod.DEFAULT),
         fp.get("scales"),
         bool(fp.get("flip")),
+        fp.get("power"),
     )
     if backbone.fingerprint != fp:
         raise CbirError(
@@ -419,6 +451,8 @@ def describe(fp: dict) -> str:
         extra += ", scales " + ",".join(str(s) for s in fp["scales"])
     if fp.get("flip"):
         extra += ", flip-averaged"
+    if fp.get("power"):
+        extra += f", power {fp['power']:g}"
     return (
         f"{fp['backbone']} backbone ({what} weights {fp['weights']},"
         f" {fp['preprocess']['size']} px{extra})"

@@ -19,6 +19,12 @@
   image and its mirror each pooled (at each scale) and L2-normalised, all rows averaged. The
   descriptor of an image and of its mirror are then the same (mirror invariance), for twice
   the network work.
+- power normalisation (``--power P``): the final descriptor raised element-wise to the power
+  P, sign kept, and L2-normalised again (Perronnin, Sanchez & Mensink, "Improving the Fisher
+  Kernel for Large-Scale Image Classification", ECCV 2010; P = 0.5 is the signed square root
+  that Jegou et al. apply to aggregated descriptors): it damps the few dimensions that a
+  repeated structure makes large ("burstiness"), so more of the descriptor takes part in the
+  cosine.
 """
 
 from __future__ import annotations
@@ -72,6 +78,25 @@ def parse_scales(text: str | Sequence[float] | None) -> tuple[float, ...]:
             f"--scales {text!r}: the first scale is 1 and each is in [0.1, 1] (e.g. multi)"
         )
     return vals
+
+
+def power_normalise(x: np.ndarray, power: float) -> np.ndarray:
+    """Rows of ``x`` as ``sign(x) |x|^power``, L2-normalised (Perronnin et al., ECCV 2010)."""
+    x = np.asarray(x, np.float32)
+    return l2n(np.sign(x) * np.abs(x) ** np.float32(power))
+
+
+def parse_power(value: float | str | None) -> float:
+    """The ``--power`` exponent (default 1: no power normalisation), in (0, 1]."""
+    if value is None:
+        return 1.0
+    try:
+        p = float(value)
+    except ValueError:
+        p = float("nan")
+    if not 0.0 < p <= 1.0:
+        raise CbirError(f"--power must be a number in (0, 1], such as 0.5; not {value!r}")
+    return p
 
 
 def mirrored(batch: np.ndarray) -> np.ndarray:
@@ -191,30 +216,42 @@ def learn_whitening(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def options(
-    backbone_name: str, pooling: str | None, scales: str | None, flip: bool | None = None
+    backbone_name: str,
+    pooling: str | None,
+    scales: str | None,
+    flip: bool | None = None,
+    power: float | str | None = None,
 ) -> dict[str, object]:
-    """The backbone options of ``--pooling`` / ``--scales`` / ``--flip`` for a new index
-    (refused for a backbone other than ``efficientnet-lite0``, which has no feature-map
-    export). ``--no-flip`` records nothing: the default."""
-    if pooling is None and scales is None and not flip:
+    """The backbone options of ``--pooling`` / ``--scales`` / ``--flip`` / ``--power`` for a
+    new index (refused for a backbone other than ``efficientnet-lite0``, which has no
+    feature-map export). ``--no-flip`` and ``--power 1`` record nothing: the defaults."""
+    pw = parse_power(power)
+    if pooling is None and scales is None and not flip and pw == 1.0:
         return {}
     if backbone_name != "efficientnet-lite0":
         raise CbirError(
-            f"--pooling, --scales and --flip need the efficientnet-lite0 backbone, not"
-            f" {backbone_name}; leave them out or leave out --backbone"
+            f"--pooling, --scales, --flip and --power need the efficientnet-lite0 backbone,"
+            f" not {backbone_name}; leave them out or leave out --backbone"
         )
     return {
         "pooling": None if pooling is None else check_pooling(pooling),
         "scales": None if scales is None else parse_scales(scales),
         "flip": True if flip else None,
+        "power": None if pw == 1.0 else pw,
     }
 
 
 def check_recorded(
-    root: object, fp: dict, pooling: str | None, scales: str | None, flip: bool | None = None
+    root: object,
+    fp: dict,
+    pooling: str | None,
+    scales: str | None,
+    flip: bool | None = None,
+    power: float | str | None = None,
 ) -> None:
-    """Refuse ``--pooling`` / ``--scales`` / ``--flip`` other than those the index at
-    ``root`` (backbone fingerprint ``fp``) was built with: one index never mixes poolings."""
+    """Refuse ``--pooling`` / ``--scales`` / ``--flip`` / ``--power`` other than those the
+    index at ``root`` (backbone fingerprint ``fp``) was built with: one index never mixes
+    poolings."""
     have = fp.get("pooling", DEFAULT)
     have_scales = tuple(fp.get("scales") or (1.0,))
     if pooling is not None and check_pooling(pooling) != have:
@@ -235,6 +272,12 @@ def check_recorded(
             f"{root} was built with {built} (flip averaging {'on' if have_flip else 'off'}),"
             f" not {asked}; leave the option out to update it, or index into another --index"
             " directory"
+        )
+    have_power = float(fp.get("power", 1.0))
+    if power is not None and parse_power(power) != have_power:
+        raise CbirError(
+            f"{root} was built with --power {have_power:g}, not --power {power}; leave --power"
+            " out to update it, or index into another --index directory"
         )
 
 

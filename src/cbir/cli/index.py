@@ -40,6 +40,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             pooling=args.pooling,
             scales=args.scales,
             flip=args.flip,
+            power=args.power,
             whiten=args.whiten,
             feature_dtype=args.feature_dtype,
         )
@@ -159,6 +160,13 @@ def register(add: AddCommand) -> None:
         default=None,
         help="mirror invariance for a new index: each image's descriptor is the mean of those"
         " of the image and its horizontal mirror (twice the embedding work; default off)",
+    )
+    sp.add_argument(
+        "--power",
+        default=None,
+        metavar="P",
+        help="power normalisation of a new index's pooled descriptors: sign(x)|x|^P, then"
+        " L2 (0.5: the signed square root; default 1: none)",
     )
     sp.add_argument(
         "--whiten",

@@ -46,10 +46,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(
             f"backbone:     {bb['backbone']} (weights {bb.get('weights') or bb.get('sha256', '?')[:12]}, {bb['preprocess']['size']} px, {bb['preprocess']['mode']})"
         )
-        if bb.get("pooling") or bb.get("scales") or bb.get("flip"):
+        if bb.get("pooling") or bb.get("scales") or bb.get("flip") or bb.get("power"):
             scales = ",".join(str(v) for v in bb.get("scales") or [1.0])
             flip = ", flip-averaged (--flip)" if bb.get("flip") else ""
-            print(f"pooling:      {bb.get('pooling', 'avg')}, scales {scales}{flip}")
+            power = f", power {bb['power']:g} (--power)" if bb.get("power") else ""
+            print(f"pooling:      {bb.get('pooling', 'avg')}, scales {scales}{flip}{power}")
         print(
             f"model:        {info['model'].get('kind')}"
             + (" (centred)" if info["model"].get("center") else "")
