@@ -2,7 +2,7 @@
 without and with flip averaging, without and with power normalisation.
 
     python benchmarks/pooling.py [--fashion-db 5000] [--fashion-queries 1000] [--copies 500]
-        [--seed 0] [--whitening-study]
+        [--seed 0] [--samples 0,1,2,3] [--whitening-study]
 
 Every row goes through what ``cbir index --pooling P [--scales multi] [--flip]`` does: the
 EfficientNet-Lite0 feature-map export at 224 px (and 158, 112 px for multi-scale), the
@@ -198,6 +198,54 @@ def source_rates(db: np.ndarray, q: np.ndarray, src: np.ndarray) -> tuple[float,
     return float((rank == 0).mean()), float((rank < 10).mean())
 
 
+# (name, pooling, multi-scale, flip, power) of the per-sample table
+SAMPLE_ROWS = [
+    ("avg (default)", "avg", False, False, 1.0),
+    ("`--pooling gem --scales multi`", "gem", True, False, 1.0),
+    ("`--pooling rmac --no-whiten --scales multi`", "rmac", True, False, 1.0),
+    ("`--scales multi --flip` (avg)", "avg", True, True, 1.0),
+    ("`--pooling gem --scales multi --flip`", "gem", True, True, 1.0),
+    ("`--pooling rmac --no-whiten --scales multi --flip`", "rmac", True, True, 1.0),
+    ("`--pooling gem --scales multi --flip --power 0.5`", "gem", True, True, 0.5),
+    ("`--pooling rmac --no-whiten --scales multi --flip --power 0.5`", "rmac", True, True, 0.5),
+]
+
+
+def samples_table(bb, f_db: list, db_feats: dict, args, seeds: list[int]) -> None:
+    """Fashion copies top-10 of :data:`SAMPLE_ROWS` over the samples of copies drawn with
+    each of ``seeds`` (as ``--seed`` draws them), and each row's gain over avg pooled over
+    every copy with its paired-bootstrap 95% interval."""
+    hits: dict[str, list[np.ndarray]] = {r[0]: [] for r in SAMPLE_ROWS}
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        src = rng.choice(args.fashion_db, args.copies, replace=False)
+        copies = [copy_of(f_db[i], rng) for i in src]
+        tag = f"fashion-copies-{args.copies}-s{seed}"
+        plain, mirror = pooled(bb, copies, tag), pooled(bb, copies, tag, mirror=True)
+        for name, p, ms, flip, power in SAMPLE_ROWS:
+            q = flipped(plain[p, ms], mirror[p, ms], ms) if flip else plain[p, ms]
+            db = db_feats[p, ms, flip]
+            if power != 1.0:
+                q, db = P.power_normalise(q, power), P.power_normalise(db, power)
+            t = index_view(db, False)
+            hits[name].append(source_ranks(t(db), t(q), src) < 10)
+    print()
+    print(
+        f"fashion copies top-10 over {len(seeds)} samples of {args.copies} copies (seeds {seeds})"
+    )
+    print(
+        "| setting | "
+        + " | ".join(f"seed {s}" for s in seeds)
+        + " | gain over avg, all copies [95%] |"
+    )
+    print("|---|" + "---:|" * (len(seeds) + 1))
+    base = 100.0 * np.concatenate(hits[SAMPLE_ROWS[0][0]])
+    for name, *_ in SAMPLE_ROWS:
+        rates = " | ".join(f"{100 * h.mean():.1f}%" for h in hits[name])
+        gain = diff_interval(100.0 * np.concatenate(hits[name]) - base, points=True)
+        print(f"| {name} | {rates} | {gain} |", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fashion-db", type=int, default=5000)
@@ -205,6 +253,13 @@ def main() -> int:
     ap.add_argument("--copies", type=int, default=500)
     ap.add_argument("--photo-queries", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--samples",
+        default=None,
+        metavar="SEEDS",
+        help="also the fashion copies top-10 of the main settings over several samples of"
+        " copies (seeds such as 0,1,2,3), with the gain over avg pooled over all of them",
+    )
     ap.add_argument(
         "--whitening-study",
         action="store_true",
@@ -324,6 +379,8 @@ def main() -> int:
         for ms in (False, True):
             for dims in (64, 128, 256, 512):
                 row(f"rmac, PCA-whitened to {dims} dims", "rmac", ms, pca_whitening(dims), False)
+    if args.samples:
+        samples_table(bb, f_db, feats["f_db"], args, [int(v) for v in args.samples.split(",")])
     return 0
 
 
