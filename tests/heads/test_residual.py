@@ -151,3 +151,43 @@ def test_collection_centring_needs_a_residual_head(pixels):
         untrained(x, y, dim=32, head="mlp", center="collection")
     with pytest.raises(CbirError, match="unknown --center 'x'"):
         untrained(x, y, dim=32, head="residual", center="x")
+
+
+def test_spectral_weighting_is_fitted_on_the_collection_stored_with_the_index(pixels, tmp_path):
+    """--spectral P: the collection-centred outputs, in the principal axes of the
+    collection's outputs, scaled by variance ** P; fitted with the mean, written beside
+    the checkpoint in the index directory and read back from the spec. At P = 0.5 the
+    cosine is that of the covariance inner product u_a C u_b (second-order similarity)."""
+    from cbir.heads.learned import load_learned, save_checkpoint
+
+    x, y = pixels
+    opts = dict(dim=784, head="residual", head_init="identity", center="collection")
+    plain = untrained(x[:200], y[:200], **opts)
+    (tmp_path / "run").mkdir()
+    save_checkpoint(
+        tmp_path / "run" / "model.pt", untrained(x[:200], y[:200], **opts, spectral=0.5).ckpt
+    )
+    s = LearnedTransform.from_path(tmp_path / "run")
+    other = x[200:]
+    np.testing.assert_allclose(s(other), plain(other), atol=1e-5)  # not fitted: unweighted
+    index = tmp_path / "index"
+    index.mkdir()
+    s.install(index)  # the checkpoint is copied; the map is written there once fitted
+    s.fit(other)
+    oc = (other - other.mean(0)).astype(np.float64)
+    cov = oc.T @ oc / (len(oc) - 1)
+    z = s(other).astype(np.float64)
+    gram = oc @ cov @ oc.T
+    norms = np.sqrt(np.diag(gram))
+    np.testing.assert_allclose(z @ z.T, gram / np.outer(norms, norms), atol=1e-3)
+    spec = s.spec()
+    assert spec["spectral"] == 0.5 and (index / spec["spectral_map"]["file"]).exists()
+    again = load_learned(spec, index)
+    np.testing.assert_allclose(again(other), s(other), atol=1e-6)
+    again.unfit()
+    assert "spectral_map" not in again.spec()
+    (index / spec["spectral_map"]["file"]).write_bytes(b"x")
+    with pytest.raises(CbirError, match="spectral weighting file is damaged"):
+        load_learned(spec, index)
+    with pytest.raises(CbirError, match="--spectral weights the outputs"):
+        untrained(x, y, dim=32, head="residual", spectral=0.5)

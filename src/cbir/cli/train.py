@@ -92,6 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         head_init=args.head_init,
         distill=args.distill,
         center=args.center,
+        spectral=args.spectral,
     )
     joint = FAMILIES["joint"].names() + FAMILIES["dcmh"].names()
     if args.captions and args.method not in joint:
@@ -301,6 +302,16 @@ def register(add: AddCommand) -> None:
         choices=["collection", "train"],
         help="residual head: centre its inputs on the mean of the collection it indexes or"
         " evaluates (default, as the frozen backbone is centred) or on the training images'",
+    )
+    sp.add_argument(
+        "--spectral",
+        type=float,
+        default=None,
+        metavar="POWER",
+        help="metric learning with --center collection: scale the outputs' principal"
+        " coordinates on the collection by their variance ** POWER, fitted with the"
+        " collection's mean (default 0.5 for metric learning: the second-order similarity"
+        " through the collection; 0: off)",
     )
     sp.add_argument(
         "--distill",

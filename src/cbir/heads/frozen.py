@@ -11,16 +11,13 @@ index directory as ``whiten-<digest>.npy`` (its mean row, then the matrix).
 
 from __future__ import annotations
 
-import hashlib
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cbir.errors import CbirError
-from cbir.heads.base import collection_mean, l2_normalize
-from cbir.utils import atomic_write_bytes
+from cbir.heads.base import collection_mean, l2_normalize, read_fitted_array, write_fitted_array
 
 
 class FrozenTransform:
@@ -59,31 +56,12 @@ class FrozenTransform:
             self.white = self._read_whitening(whitening)
 
     def _read_whitening(self, whitening: dict[str, Any]) -> np.ndarray:
-        path = Path(self.root or ".") / whitening["file"]
-        try:
-            data = path.read_bytes()
-        except OSError:
-            raise CbirError(
-                f"{path}: the index's whitening file is missing; rebuild it with"
-                " `cbir index FOLDER --index INDEX --refit-center`"
-            ) from None
-        if hashlib.sha256(data).hexdigest()[:12] != whitening["sha256"]:
-            raise CbirError(
-                f"{path}: the whitening file is damaged; rebuild it with"
-                " `cbir index FOLDER --index INDEX --refit-center`"
-            )
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        return read_fitted_array(self.root, whitening, "whitening")
 
     def _write_whitening(self) -> None:
         if self.white is None or self.root is None or self.whitening is not None:
             return
-        buf = io.BytesIO()
-        np.save(buf, self.white, allow_pickle=False)
-        data = buf.getvalue()
-        digest = hashlib.sha256(data).hexdigest()[:12]
-        name = f"whiten-{digest}.npy"
-        atomic_write_bytes(self.root / name, data)
-        self.whitening = {"file": name, "sha256": digest}
+        self.whitening = write_fitted_array(self.root, "whiten", self.white)
 
     def install(self, root: Path) -> None:
         """Record the index directory (where a fitted whitening is written)."""

@@ -27,7 +27,13 @@ import torch
 
 from cbir.codes.registry import code_kind
 from cbir.errors import CbirError
-from cbir.heads.base import collection_mean, l2_normalize
+from cbir.heads.base import (
+    collection_mean,
+    l2_normalize,
+    read_fitted_array,
+    spectral_weighting,
+    write_fitted_array,
+)
 from cbir.heads.head import Head
 from cbir.heads.residual import build_head
 from cbir.heads.vsepp import encode_texts, text_fingerprint
@@ -99,6 +105,13 @@ class LearnedTransform:
         self.mean: torch.Tensor | None = None if self.center else self.train_mean
         self.fitted: dict[str, Any] | None = None
         self.std = ckpt["input"]["std"].float()
+        #: the collection's spectral weighting of the outputs (``--spectral``; needs the
+        #: collection centring): its power, the fitted map (the outputs' mean row, then
+        #: the matrix; :func:`cbir.heads.base.spectral_weighting`) and its file's record
+        self.spectral = float(ckpt["input"].get("spectral", 0.0)) if self.center else 0.0
+        self.spectral_map: np.ndarray | None = None
+        self.spectral_file: dict[str, str] | None = None
+        self.root: Path | None = None
         self.digest = file_digest(path) if path is not None else None
         # a joint image-text model (VSE++, cbir.heads.vsepp) also carries its text head
         self.text_head: Head | None = None
@@ -156,7 +169,10 @@ class LearnedTransform:
             out.append(self.head((x[i : i + batch] - mean) / self.std))
         if not out:
             return np.zeros((0, self.dim), np.float32)
-        return torch.cat(out).numpy()
+        u = torch.cat(out).numpy()
+        if self.spectral_map is not None:  # fitted with the mean (not fitted: unweighted)
+            u = (u - self.spectral_map[0]) @ self.spectral_map[1:]
+        return u
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         """Codes of ``features``: unit vectors, packed bits or sparse CSR rows (cbir.codes)."""
@@ -218,16 +234,29 @@ class LearnedTransform:
         if self.center and self.mean is None and len(features):
             m, self.fitted = collection_mean(features)
             self.mean = torch.from_numpy(m)
+            if self.spectral:  # on the head's outputs of the same collection
+                self.spectral_map, self.spectral_file = None, None
+                self.spectral_map = spectral_weighting(self.outputs(features), self.spectral)
+                self._write_spectral()
+
+    def _write_spectral(self) -> None:
+        if self.spectral_map is None or self.root is None or self.spectral_file is not None:
+            return
+        self.spectral_file = write_fitted_array(self.root, "spectral", self.spectral_map)
 
     def unfit(self) -> None:
-        """Forget the collection mean, so the next :meth:`fit` computes it again."""
+        """Forget the collection mean (and spectral weighting), so the next :meth:`fit`
+        computes them again."""
         if self.center:
             self.mean, self.fitted = None, None
+            self.spectral_map, self.spectral_file = None, None
 
     def install(self, root: Path) -> None:
         """Copy the checkpoint into an index directory, so the index is self-contained."""
         if self.path is None or self.digest is None:
             raise CbirError("a learned model must come from a checkpoint file to be indexed")
+        self.root = Path(root)
+        self._write_spectral()
         copies = [(self.path, Path(root) / f"model-{self.digest}.pt")]
         weights = self.backbone_weights
         if weights is not None:
@@ -259,6 +288,10 @@ class LearnedTransform:
                 out["mean"] = [float(v) for v in self.mean]
                 if self.fitted:
                     out["fitted"] = dict(self.fitted)
+            if self.spectral:
+                out["spectral"] = self.spectral
+                if self.spectral_file is not None:
+                    out["spectral_map"] = dict(self.spectral_file)
         return out
 
 
@@ -275,4 +308,8 @@ def load_learned(spec: dict[str, Any], root: Path | None) -> LearnedTransform:
     if t.center and spec.get("mean") is not None:  # the collection mean the index fitted
         t.mean = torch.tensor(spec["mean"], dtype=torch.float32)
         t.fitted = spec.get("fitted")
+    t.root = Path(root)
+    if t.spectral and t.mean is not None and spec.get("spectral_map"):
+        t.spectral_file = dict(spec["spectral_map"])
+        t.spectral_map = read_fitted_array(root, t.spectral_file, "spectral weighting")
     return t

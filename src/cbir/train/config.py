@@ -81,6 +81,9 @@ class MetricOptions(MethodOptions):
     # or "collection" (the mean of the images it indexes / evaluates, fitted as the frozen
     # backbone's centring is: cbir.heads.learned.LearnedTransform.fit)
     center: str = "train"
+    # the power of the collection's spectral weighting of the outputs, fitted on the
+    # collection with its mean (cbir.heads.base.spectral_weighting; 0: none)
+    spectral: float = 0.0
 
     @property
     def width(self) -> int:
@@ -91,7 +94,9 @@ class MetricOptions(MethodOptions):
 #: seen-class validation of benchmarks/metric_learning.py (docs/metric-learning.md): a
 #: residual head that starts at the whitened PCA of the centred features, with a linear
 #: branch, a small learning rate, the frozen similarities distilled into every batch, and
-#: its inputs centred on the mean of the collection it embeds (as the frozen backbone's).
+#: its inputs centred on the mean of the collection it embeds (as the frozen backbone's),
+#: and its outputs weighted by the collection's spectrum (--spectral 0.5, fitted with that
+#: mean; chosen on the seen-class validation of benchmarks/metric_recipe.py --validate).
 METRIC_RECIPE: dict[str, Any] = {
     "epochs": 10,
     "lr": 1e-4,
@@ -100,6 +105,7 @@ METRIC_RECIPE: dict[str, Any] = {
     "head_init": "pca-whiten",
     "distill": 1.0,
     "center": "collection",
+    "spectral": 0.5,
 }
 #: The defaults of `cbir train` for every other family.
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -110,6 +116,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "head_init": "pca",
     "distill": 0.0,
     "center": "train",
+    "spectral": 0.0,
 }
 
 

@@ -35,11 +35,14 @@ def make_checkpoint(
     fingerprint: dict[str, Any],
     extra: dict[str, Any],
     center: str = "train",
+    spectral: float = 0.0,
 ) -> dict[str, Any]:
     """The checkpoint of a trained head (read back by :class:`cbir.heads.learned.LearnedTransform`).
 
     ``center``: "train" (inputs centred on ``mean``) or "collection" (on the mean of the
-    collection the head embeds, fitted at index / evaluation time).
+    collection the head embeds, fitted at index / evaluation time). ``spectral``: the
+    power of the collection's spectral weighting of the outputs, fitted with that mean
+    (0: none; :func:`cbir.heads.base.spectral_weighting`).
     """
     return {
         "format": FORMAT,
@@ -51,6 +54,7 @@ def make_checkpoint(
             "mean": torch.from_numpy(np.asarray(mean, np.float32)),
             "std": torch.from_numpy(np.asarray(std, np.float32)),
             **({"center": center} if center != "train" else {}),
+            **({"spectral": float(spectral)} if spectral else {}),
         },
         "backbone": fingerprint,
         "config": json.loads(json.dumps(cfg.to_dict())),

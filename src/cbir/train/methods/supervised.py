@@ -165,8 +165,9 @@ class SupervisedHead(Trainable):
         self.head.eval()
         fp = self.data.fingerprint
         center = getattr(self.cfg.options, "center", "train")
+        spectral = getattr(self.cfg.options, "spectral", 0.0)
         return make_checkpoint(
-            self.cfg, self.head, self.mean, self.std, fp, {**extra, **self.extra}, center
+            self.cfg, self.head, self.mean, self.std, fp, {**extra, **self.extra}, center, spectral
         )
 
     def finish(self, run: Any) -> TrainData:
@@ -228,6 +229,11 @@ class MetricHead(SupervisedHead):
             raise CbirError(
                 "--center collection re-centres a residual head's inputs; use --head residual"
                 " or --center train"
+            )
+        if opts.spectral and opts.center != "collection":
+            raise CbirError(
+                "--spectral weights the outputs by the collection they embed; it needs"
+                " --center collection (and --head residual), or --spectral 0"
             )
         return get_metric_loss(self.cfg.method, opts.dim, n_classes, **opts.loss_options)
 
