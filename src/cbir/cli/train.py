@@ -310,7 +310,7 @@ def register(add: AddCommand) -> None:
         metavar="POWER",
         help="metric learning with --center collection: scale the outputs' principal"
         " coordinates on the collection by their variance ** POWER, fitted with the"
-        " collection's mean (default 0.5 for metric learning: the second-order similarity"
+        " collection's mean (default 0.25 for metric learning; 0.5: the second-order similarity"
         " through the collection; 0: off)",
     )
     sp.add_argument(

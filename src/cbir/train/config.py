@@ -95,7 +95,7 @@ class MetricOptions(MethodOptions):
 #: residual head that starts at the whitened PCA of the centred features, with a linear
 #: branch, a small learning rate, the frozen similarities distilled into every batch, and
 #: its inputs centred on the mean of the collection it embeds (as the frozen backbone's),
-#: and its outputs weighted by the collection's spectrum (--spectral 0.5, fitted with that
+#: and its outputs weighted by the collection's spectrum (--spectral 0.25, fitted with that
 #: mean; chosen on the seen-class validation of benchmarks/metric_recipe.py --validate).
 METRIC_RECIPE: dict[str, Any] = {
     "epochs": 10,
@@ -105,7 +105,7 @@ METRIC_RECIPE: dict[str, Any] = {
     "head_init": "pca-whiten",
     "distill": 1.0,
     "center": "collection",
-    "spectral": 0.5,
+    "spectral": 0.25,
 }
 #: The defaults of `cbir train` for every other family.
 TRAIN_DEFAULTS: dict[str, Any] = {
