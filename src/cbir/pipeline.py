@@ -63,12 +63,8 @@ def create_or_open(
     transform: Transform | None = None,
     backbone: str | None = None,
     n_images: int | None = None,
-    pooling: str | None = None,
-    scales: str | None = None,
-    whiten: bool | None = None,
+    pooling: pooling_mod.Choice | None = None,
     feature_dtype: str | None = None,
-    flip: bool | None = None,
-    power: float | str | None = None,
 ) -> IndexStore:
     """Open ``index_dir``, or create it with the given model and index settings.
 
@@ -76,11 +72,11 @@ def create_or_open(
     ``backbone``: a registry spec (``cbir.backbones.registry``; default efficientnet-lite0).
     ``n_images``: how many images are about to be indexed; an index type that cannot be
     built for them (and those already indexed) is refused before anything is written.
-    ``pooling``, ``scales``, ``whiten``, ``flip``, ``power``: retrieval pooling of a new index
-    (:mod:`cbir.backbones.pooling`).
+    ``pooling``: the retrieval pooling of a new index (:class:`cbir.backbones.pooling.Choice`).
     ``feature_dtype``: the dtype of a new index's feature segments (float32 or float16).
     """
     root = Path(index_dir)
+    choice = pooling or pooling_mod.Choice()
     segments.check_dtype_name(feature_dtype)
     if IndexStore.exists(root):
         store = IndexStore.open(root)
@@ -89,8 +85,7 @@ def create_or_open(
         if backbone is not None:
             _check_backbone(store, backbone, size)
         try:
-            pooling_mod.check_recorded(root, cfg["backbone"], pooling, scales, flip, power)
-            pooling_mod.check_whiten(root, store.get_meta("transform", {}), whiten)
+            choice.check(root, cfg["backbone"], store.get_meta("transform", {}))
         except CbirError:
             store.close()
             raise
@@ -156,7 +151,7 @@ def create_or_open(
             f"a --model run is trained on {DEFAULT} features; index it without --backbone"
         )
     options = {"size": size or (DEFAULT_SIZE if split_spec(spec)[0] == DEFAULT else None)}
-    options.update(pooling_mod.options(split_spec(spec)[0], pooling, scales, flip, power))
+    options.update(choice.options(split_spec(spec)[0]))
     if transform is not None and getattr(transform, "backbone_weights", None) is not None:
         options["weights"] = transform.backbone_weights
     bb = open_backbone(spec, **options)
@@ -171,7 +166,7 @@ def create_or_open(
     if center is None:
         center = getattr(bb, "embed_text", None) is None
     transform = transform or FrozenTransform(
-        dim=bb.dim, center=center, whiten=pooling_mod.whitens(bb.fingerprint, whiten)
+        dim=bb.dim, center=center, whiten=pooling_mod.whitens(bb.fingerprint, choice.whiten)
     )
     if n_images is not None:
         vector_index.check_index_type(index_type or DEFAULT_INDEX_TYPE, transform, n_images)
@@ -274,12 +269,8 @@ def index_folder(
     prune: bool | None = None,
     exclude: Sequence[str] = (),
     refit_center: bool = False,
-    pooling: str | None = None,
-    scales: str | None = None,
-    whiten: bool | None = None,
+    pooling: pooling_mod.Choice | None = None,
     feature_dtype: str | None = None,
-    flip: bool | None = None,
-    power: float | str | None = None,
 ) -> IndexSummary:
     """Index (or update the index of) every image under ``images_dir``.
 
@@ -296,11 +287,9 @@ def index_folder(
     order (e.g. :class:`cbir.distributed.ray_embed.RayEngine`).
     ``center``: None centres a new index on its mean (fitted at its first build) and keeps
     an existing index's setting; False opts out. ``refit_center``: fit the mean again on
-    every image now indexed (the search index is rebuilt). ``pooling`` (avg, gem, rmac) and
-    ``scales`` (e.g. ``multi``) and ``whiten`` (None: as the pooling's paper, on for rmac):
-    retrieval pooling of a new index; an existing index keeps its own (others are refused).
-    ``flip``: average each image's descriptor with its mirror's (recorded like ``scales``);
-    ``power``: power normalisation of the pooled descriptor (recorded likewise).
+    every image now indexed (the search index is rebuilt). ``pooling``: the retrieval
+    pooling of a new index (:class:`cbir.backbones.pooling.Choice`: pooling, scales, flip,
+    power, whiten); an existing index keeps its own (others are refused).
     ``feature_dtype``: float32 (default) or float16 segments of a new index (half the bytes).
     """
     t0 = time.perf_counter()
@@ -342,11 +331,7 @@ def index_folder(
         backbone=backbone,
         n_images=len(files),
         pooling=pooling,
-        scales=scales,
-        whiten=whiten,
         feature_dtype=feature_dtype,
-        flip=flip,
-        power=power,
     )
     summary = IndexSummary(images_dir=str(root), index_dir=str(index_dir), found=len(files))
     summary.excluded = len(found) - len(files)

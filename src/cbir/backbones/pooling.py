@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -239,6 +240,28 @@ def options(
         "flip": True if flip else None,
         "power": None if pw == 1.0 else pw,
     }
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The retrieval pooling asked of ``cbir index`` (None: not given): ``--pooling``,
+    ``--scales``, ``--flip``, ``--power``, ``--whiten``. A new index records it; an
+    existing one refuses another (:func:`check_recorded`, :func:`check_whiten`)."""
+
+    pooling: str | None = None
+    scales: str | None = None
+    flip: bool | None = None
+    power: float | str | None = None
+    whiten: bool | None = None
+
+    def options(self, backbone_name: str) -> dict[str, object]:
+        """The backbone options of a new index (:func:`options`)."""
+        return options(backbone_name, self.pooling, self.scales, self.flip, self.power)
+
+    def check(self, root: object, fp: dict, transform_spec: dict) -> None:
+        """Refuse what the index at ``root`` was not built with."""
+        check_recorded(root, fp, self.pooling, self.scales, self.flip, self.power)
+        check_whiten(root, transform_spec, self.whiten)
 
 
 def check_recorded(

@@ -10,6 +10,7 @@ from cbir.cli.shard import add_index_options
 
 def cmd_index(args: argparse.Namespace) -> int:
     """Index ``images_dir`` into ``--index``; exit 1 when the folder holds no image."""
+    from cbir.backbones.pooling import Choice
     from cbir.distributed.engine import engine_for
     from cbir.distributed.stores import sync_store
     from cbir.errors import CbirError
@@ -37,11 +38,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             prune=args.prune,
             exclude=args.exclude,
             refit_center=args.refit_center,
-            pooling=args.pooling,
-            scales=args.scales,
-            flip=args.flip,
-            power=args.power,
-            whiten=args.whiten,
+            pooling=Choice(args.pooling, args.scales, args.flip, args.power, args.whiten),
             feature_dtype=args.feature_dtype,
         )
     synced = sync_store(args.index, args.store)
