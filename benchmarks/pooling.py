@@ -136,6 +136,14 @@ def pooled(
     return out
 
 
+def fashion_copies(f_db: list, n_copies: int, seed: int) -> tuple[np.ndarray, list]:
+    """The sample of copies of ``--seed`` ``seed``: the source rows drawn from ``f_db`` and
+    their transformed copies (one generator for both, so a seed always gives the same)."""
+    rng = np.random.default_rng(seed)
+    src = rng.choice(len(f_db), n_copies, replace=False)
+    return src, [copy_of(f_db[i], rng) for i in src]
+
+
 def flipped(plain: np.ndarray, mirror: np.ndarray, ms: bool) -> np.ndarray:
     """The ``--flip`` descriptor from an image's rows and its mirror's: the mean of all the
     L2-normalised per-scale rows (a multi-scale row is already the mean of its scales')."""
@@ -217,9 +225,7 @@ def samples_table(bb, f_db: list, db_feats: dict, args, seeds: list[int]) -> Non
     every copy with its paired-bootstrap 95% interval."""
     hits: dict[str, list[np.ndarray]] = {r[0]: [] for r in SAMPLE_ROWS}
     for seed in seeds:
-        rng = np.random.default_rng(seed)
-        src = rng.choice(args.fashion_db, args.copies, replace=False)
-        copies = [copy_of(f_db[i], rng) for i in src]
+        src, copies = fashion_copies(f_db, args.copies, seed)
         tag = f"fashion-copies-{args.copies}-s{seed}"
         plain, mirror = pooled(bb, copies, tag), pooled(bb, copies, tag, mirror=True)
         for name, p, ms, flip, power in SAMPLE_ROWS:
@@ -285,11 +291,9 @@ def main() -> int:
 
     fm = load_idx(FASHION, "fashion-mnist")
     train, test = fm["train"], fm["test"]
-    rng = np.random.default_rng(args.seed)
     f_db = [train.load(i) for i in range(args.fashion_db)]
     f_q = [test.load(i) for i in range(args.fashion_queries)]
-    src = rng.choice(args.fashion_db, args.copies, replace=False)
-    f_copies = [copy_of(f_db[i], rng) for i in src]
+    src, f_copies = fashion_copies(f_db, args.copies, args.seed)
 
     tag = f"s{args.seed}"
     sets = {

@@ -281,8 +281,8 @@ class EfficientNetLite0(ExportSession):
     @property
     def fingerprint(self) -> dict:
         """What an index records to refuse queries from a different model (``pooling``,
-        ``scales`` and ``flip`` only when not the default, so older indexes keep their
-        fingerprint)."""
+        ``scales``, ``flip`` and ``power`` only when not the default, so older indexes keep
+        their fingerprint)."""
         fp = {
             "backbone": self.name,
             "weights": self.weights,
@@ -301,7 +301,8 @@ class EfficientNetLite0(ExportSession):
 
     def feature_maps(self, batch: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         """The last feature map ``(n, 1280, h, w)`` at each scale, and the full-scale
-        ImageNet logits, of a preprocessed batch (only with a pooling, scales or flip option)."""
+        ImageNet logits, of a preprocessed batch (only with a pooling, scales, flip or power
+        option)."""
         batch = np.ascontiguousarray(batch, np.uint8)
         maps, logits = [], None
         for side, session in self.map_sessions:
@@ -311,8 +312,8 @@ class EfficientNetLite0(ExportSession):
         return maps, logits
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Features ``(n, 1280)`` (pooled as the backbone's ``pooling``, ``scales`` and
-        ``flip`` say) and ImageNet logits ``(n, 1000)`` (of the unmirrored images) of a
+        """Features ``(n, 1280)`` (pooled as the backbone's ``pooling``, ``scales``, ``flip``
+        and ``power`` say) and ImageNet logits ``(n, 1000)`` (of the unmirrored images) of a
         preprocessed batch."""
         if not self.map_sessions:
             return super().run(batch)
