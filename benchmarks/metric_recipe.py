@@ -33,7 +33,7 @@ from cbir.backbones.cache import dataset_features
 from cbir.data.registry import open_dataset
 from cbir.eval.metrics import evaluate_retrieval
 from cbir.eval.protocols import FASHION_SIZE
-from cbir.heads.base import l2_normalize, spectral_weighting
+from cbir.heads.base import apply_weighting, l2_normalize, spectral_weighting
 from cbir.heads.residual import ResidualHead
 from cbir.losses.metric import get_metric_loss, get_miner
 from cbir.losses.metric.distill import SimilarityDistillation
@@ -52,8 +52,7 @@ def weighted(z: np.ndarray, power: float) -> np.ndarray:
     """``z`` under the spectral weighting of power ``power`` fitted on ``z`` (0: as is)."""
     if not power:
         return z
-    w = spectral_weighting(z, power)
-    return (z - w[0]) @ w[1:]
+    return apply_weighting(z, spectral_weighting(z, power))
 
 
 def query_database(q: np.ndarray, yq: np.ndarray, d: np.ndarray, yd: np.ndarray) -> tuple:
@@ -156,7 +155,7 @@ def main() -> None:
             out = []
             for p in powers:
                 w = spectral_weighting(zd, p) if p else None
-                f = (lambda z: z) if w is None else (lambda z, w=w: (z - w[0]) @ w[1:])
+                f = (lambda z: z) if w is None else (lambda z, w=w: apply_weighting(z, w))
                 out.append(query_database(f(zq), yq, f(zd), y))
             return out
 

@@ -16,6 +16,7 @@ from cbir.utils import atomic_write_bytes
 
 __all__ = [
     "Transform",
+    "apply_weighting",
     "collection_mean",
     "l2_normalize",
     "read_fitted_array",
@@ -56,6 +57,11 @@ def spectral_weighting(u: np.ndarray, power: float) -> np.ndarray:
     vals = np.maximum(vals, 0.0) / max(float(vals.max()), 1e-30)
     scale = vals.clip(1e-12) ** power if power < 0 else vals**power
     return np.concatenate([mean[None], vecs * scale[None]]).astype(np.float32)
+
+
+def apply_weighting(u: np.ndarray, weighting: np.ndarray) -> np.ndarray:
+    """Rows ``u`` mapped by a :func:`spectral_weighting` (its mean row, then the matrix)."""
+    return (u - weighting[0]) @ weighting[1:]
 
 
 def write_fitted_array(root: Path, prefix: str, array: np.ndarray) -> dict[str, str]:

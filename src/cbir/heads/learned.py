@@ -28,6 +28,7 @@ import torch
 from cbir.codes.registry import code_kind
 from cbir.errors import CbirError
 from cbir.heads.base import (
+    apply_weighting,
     collection_mean,
     l2_normalize,
     read_fitted_array,
@@ -171,7 +172,7 @@ class LearnedTransform:
             return np.zeros((0, self.dim), np.float32)
         u = torch.cat(out).numpy()
         if self.spectral_map is not None:  # fitted with the mean (not fitted: unweighted)
-            u = (u - self.spectral_map[0]) @ self.spectral_map[1:]
+            u = apply_weighting(u, self.spectral_map)
         return u
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
