@@ -2,8 +2,9 @@
 `cbir train` trains it (triplet + batch-hard, exhaustive batches of 256, Adam lr 1e-4,
 cosine schedule, similarity distillation), evaluated all-vs-all after some epochs of one
 schedule (early-stopping points), with the evaluated images centred on their own mean
-(the collection centring of `--center collection`, as the frozen row is centred), and
-with each ``--spectral`` power of the collection's spectral weighting (`--spectral`,
+(the collection centring of `--center collection`, as the frozen row is centred), with
+``--reduce collection`` reduced to ``--dim`` on the evaluated outputs' principal axes (the
+head then stays 1280-d, from ``--init identity``), and with each ``--spectral`` power of the collection's spectral weighting (`--spectral`,
 :func:`cbir.heads.base.spectral_weighting`, fitted on the evaluated images' outputs).
 
 ``--validate``: fit on seen classes 0-2, query seen classes 3-4 of the training split
@@ -15,7 +16,7 @@ database (mAP@all as the `fashion-mnist` protocol; its test split is not read).
 
     python benchmarks/metric_recipe.py [--size 224] [--validate | --closed-set]
         [--init pca pca-whiten] [--distill 1.0] [--lr 1e-4] [--hidden 1024]
-        [--epochs 2,5,10] [--spectral 0,0.5,1]
+        [--epochs 2,5,10] [--spectral 0,0.5,1] [--reduce collection --init identity]
 
 Backbone features are cached (``$CBIR_CACHE/features``).
 """
@@ -48,11 +49,12 @@ def all_vs_all(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return round(float(m["recall@1"]), 4), round(float(m["map@r"]), 4)
 
 
-def weighted(z: np.ndarray, power: float) -> np.ndarray:
-    """``z`` under the spectral weighting of power ``power`` fitted on ``z`` (0: as is)."""
-    if not power:
+def weighted(z: np.ndarray, power: float, keep: int | None = None) -> np.ndarray:
+    """``z`` under the spectral weighting of power ``power`` fitted on ``z`` (0: as is),
+    reduced to its top ``keep`` principal axes (``--reduce collection``)."""
+    if not power and keep is None:
         return z
-    return apply_weighting(z, spectral_weighting(z, power))
+    return apply_weighting(z, spectral_weighting(z, power, keep=keep))
 
 
 def query_database(q: np.ndarray, yq: np.ndarray, d: np.ndarray, yd: np.ndarray) -> tuple:
@@ -75,7 +77,8 @@ def run(
     hidden: tuple[int, ...] = (),
 ) -> dict[int, list]:
     """Train on ``x, y``; ``figures(embed)`` after each of ``evals`` epochs, ``embed``
-    mapping centred features to the head's outputs."""
+    mapping centred features to the head's outputs (``dim`` wide: with ``--reduce
+    collection`` the feature dimension, reduced by ``figures``)."""
     torch.manual_seed(seed)
     xc = torch.from_numpy(x - x.mean(0))
     head = ResidualHead(x.shape[1], dim, list(hidden))
@@ -133,6 +136,13 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--epochs", default="2,5,10", help="evaluate after these epochs")
     ap.add_argument("--spectral", default="0", help="spectral weighting powers to evaluate")
+    ap.add_argument(
+        "--reduce",
+        choices=["head", "collection"],
+        default="head",
+        help="collection: the head stays 1280-d (init identity) and the evaluated outputs are"
+        " reduced to --dim on their own principal axes, as `cbir train --reduce collection`",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     ds = open_dataset("fashion-mnist")
@@ -140,6 +150,9 @@ def main() -> None:
     xtr = np.asarray(dataset_features(tr, size=args.size, progress=False), np.float32)
     ytr = np.asarray(tr.labels)
     powers = tuple(float(v) for v in args.spectral.split(","))
+    keep = args.dim if args.reduce == "collection" else None
+    width = xtr.shape[1] if keep else args.dim
+    frozen_name = "frozen (1280-d, centred" + (f", collection PCA-{keep})" if keep else ")")
     hidden = tuple(int(v) for v in args.hidden.split(",") if v)
     if args.closed_set:
         rng = np.random.default_rng(0)
@@ -154,14 +167,14 @@ def main() -> None:
             zq, zd = embed(q - mean), embed(x - mean)
             out = []
             for p in powers:
-                w = spectral_weighting(zd, p) if p else None
+                w = spectral_weighting(zd, p, keep=keep) if p or keep else None
                 f = (lambda z: z) if w is None else (lambda z, w=w: apply_weighting(z, w))
                 out.append(query_database(f(zq), yq, f(zd), y))
             return out
 
         print(f"{args.size} px, {len(x)} training images = database, {len(q)} held-out queries")
         print(f"spectral powers {powers}: each figure is a list, one (mAP, R@1, MAP@R) per power")
-        print(f"{'frozen (1280-d, centred)':<32} {figures(lambda z: z)}")
+        print(f"{frozen_name:<32} {figures(lambda z: z)}")
     else:
         if args.validate:
             x, y = xtr[ytr < 3], ytr[ytr < 3]
@@ -174,17 +187,18 @@ def main() -> None:
 
         def figures(embed: Callable[[np.ndarray], np.ndarray]) -> list:
             z = embed(ec)
-            return [all_vs_all(weighted(z, p), ye) for p in powers]
+            return [all_vs_all(weighted(z, p, keep), ye) for p in powers]
 
         where = "seen classes 3-4 (validation)" if args.validate else "unseen classes 5-9 (test)"
         print(f"{args.size} px, {len(x)} training images, {len(e)} queries of {where}")
         print(f"spectral powers {powers}: each figure is a list, one (R@1, MAP@R) per power")
-        print(f"{'frozen (1280-d, centred)':<32} {figures(lambda z: z)}")
+        print(f"{frozen_name:<32} {figures(lambda z: z)}")
     evals = tuple(int(v) for v in args.epochs.split(","))
     for init in args.init:
         t = time.perf_counter()
-        r = run(x, y, figures, init, args.distill, args.dim, evals, lr=args.lr, hidden=hidden)
+        r = run(x, y, figures, init, args.distill, width, evals, lr=args.lr, hidden=hidden)
         name = f"{init}, distill {args.distill}, lr {args.lr}, hidden {list(hidden)}"
+        name += ", reduce collection" if keep else ""
         print(f"{name:<32} {r} {time.perf_counter() - t:.0f} s")
 
 

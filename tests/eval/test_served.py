@@ -178,3 +178,36 @@ def test_a_centred_index_first_built_without_images_fits_its_mean_later(tmp_path
         assert searcher.search_id(1, k=1)[0].id == 1
     finally:
         searcher.close()
+
+
+def test_a_metric_run_with_the_cli_defaults_serves_what_evaluate_measures(
+    labelled_folder, tmp_path
+):
+    """The metric-learning defaults reduce the head's outputs on the collection's
+    principal axes (--reduce collection): `cbir index --model` fits them with the mean and
+    stores them; `cbir evaluate --index` equals the mAP of `cbir search`'s rankings; a
+    plain MLP head (`--head mlp`) still trains with the other defaults."""
+    run = tmp_path / "run"
+    out = _json(
+        "train", "--dataset", str(labelled_folder), "--method", "triplet", "--dim", "8",
+        "--epochs", "2", "--size", "64", "--tsne-points", "0", "--out", str(run),
+    )  # fmt: skip
+    assert out["dim"] == 8
+    config = json.loads((run / "config.json").read_text())["options"]
+    assert config["reduce"] == "collection" and config["head_init"] == "identity"
+    idx = tmp_path / "idx"
+    _json("index", str(labelled_folder), "--index", str(idx), "--model", str(run))
+    info = _json("info", str(idx))
+    spec = info["model"]
+    assert info["dimension"] == 8 and spec["reduce"] == 8 and spec["spectral"] == 0.35
+    assert (idx / spec["spectral_map"]["file"]).exists()
+    results = _json("search", str(idx), str(labelled_folder), "-k", "24")
+    ev = _json("evaluate", "--index", str(idx), "--labels", "folder")
+    assert abs(ev["metrics"]["map"] - _map_from_search(results)) < 1e-6
+    mlp = tmp_path / "mlp"
+    _json(
+        "train", "--dataset", str(labelled_folder), "--method", "triplet", "--dim", "8",
+        "--epochs", "1", "--size", "64", "--tsne-points", "0", "--head", "mlp",
+        "--center", "train", "--spectral", "0", "--out", str(mlp),
+    )  # fmt: skip
+    assert json.loads((mlp / "config.json").read_text())["options"]["reduce"] == "head"

@@ -191,3 +191,47 @@ def test_spectral_weighting_is_fitted_on_the_collection_stored_with_the_index(pi
         load_learned(spec, index)
     with pytest.raises(CbirError, match="--spectral weights the outputs"):
         untrained(x, y, dim=32, head="residual", spectral=0.5)
+
+
+def test_reduce_on_the_collection_projects_on_its_principal_axes(pixels, tmp_path):
+    """--reduce collection: the head stays in the feature space (from the identity) and its
+    outputs are projected on the top --dim principal axes of the collection it embeds,
+    fitted with the mean and stored with the index; unfitted, it refuses to embed."""
+    from cbir.heads.learned import load_learned
+
+    x, y = pixels
+    opts = dict(head="residual", head_init="identity", center="collection", reduce="collection")
+    r = untrained(x[:200], y[:200], dim=16, **opts)
+    assert r.dim == 16 and r.head.proj.weight.shape == (784, 784)
+    other = x[200:]
+    with pytest.raises(CbirError, match="--reduce collection"):
+        r(other)
+    index = tmp_path / "index"
+    index.mkdir()
+    save = tmp_path / "run"
+    save.mkdir()
+    from cbir.heads.learned import save_checkpoint
+
+    save_checkpoint(save / "model.pt", r.ckpt)
+    s = LearnedTransform.from_path(save)
+    s.install(index)
+    s.fit(other)
+    z = s(other)
+    oc = (other - other.mean(0)).astype(np.float64)
+    vals, vecs = np.linalg.eigh(oc.T @ oc)
+    pca = l2_normalize((oc @ vecs[:, ::-1][:, :16]).astype(np.float32))
+    assert z.shape == (len(other), 16)
+    np.testing.assert_allclose(z @ z.T, pca @ pca.T, atol=1e-4)  # the PCA-16 cosines
+    spec = s.spec()
+    assert spec["reduce"] == 16 and (index / spec["spectral_map"]["file"]).exists()
+    np.testing.assert_allclose(load_learned(spec, index)(other), z, atol=1e-6)
+    # with a spectral power, the reduced coordinates are weighted as --spectral weights them
+    w = untrained(x[:200], y[:200], dim=16, spectral=0.5, **opts)
+    w.fit(other)
+    lam = vals[::-1][:16]
+    weighted = l2_normalize((oc @ vecs[:, ::-1][:, :16] * lam**0.5).astype(np.float32))
+    np.testing.assert_allclose(w(other) @ w(other).T, weighted @ weighted.T, atol=1e-4)
+    with pytest.raises(CbirError, match="--head-init identity"):
+        untrained(x, y, dim=16, **{**opts, "head_init": "pca"})
+    with pytest.raises(CbirError, match="--center collection"):
+        untrained(x, y, dim=16, **{**opts, "center": "train"})

@@ -49,6 +49,18 @@ SAMPLER_NAMES = (
 JOINT_FIGURES = tuple(f"{d}_recall@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10))
 
 
+def _fit_reduce_defaults(args: argparse.Namespace, given: set[str]) -> None:
+    """The recipe reduces on the collection (a 1280-d residual head from the identity); a
+    head asked for otherwise (``--head mlp``, ``--center train``, ``--head-init pca...``)
+    reduces in the head, and ``--reduce head`` alone starts from the whitened PCA."""
+    if "reduce" not in given and (
+        args.head != "residual" or args.center != "collection" or "head_init" in given
+    ):
+        args.reduce = "head"
+    if args.reduce == "head" and "head_init" not in given and args.head_init == "identity":
+        args.head_init = "pca-whiten"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one run per code length; print its figures."""
     from cbir.train.config import METRIC_RECIPE, TRAIN_DEFAULTS
@@ -57,9 +69,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     method = get_method(args.method)
     defaults = METRIC_RECIPE if method.name == "metric" else TRAIN_DEFAULTS
+    given = {key for key in defaults if getattr(args, key) is not None}
     for key, value in defaults.items():  # options not given take the family's defaults
         if getattr(args, key) is None:
             setattr(args, key, ",".join(map(str, value)) if key == "hidden" else value)
+    if method.name == "metric":
+        _fit_reduce_defaults(args, given)
     bits = _ints(args.bits)
     base = dict(
         dataset=args.dataset,
@@ -93,6 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         distill=args.distill,
         center=args.center,
         spectral=args.spectral,
+        reduce=args.reduce,
     )
     joint = FAMILIES["joint"].names() + FAMILIES["dcmh"].names()
     if args.captions and args.method not in joint:
@@ -293,8 +309,9 @@ def register(add: AddCommand) -> None:
         "--head-init",
         default=None,
         choices=["pca", "pca-whiten", "identity"],
-        help="residual head: its linear part starts as the whitened PCA (default for metric"
-        " learning), the PCA, or, with --dim 1280, the identity",
+        help="residual head: its linear part starts as the identity (default for metric"
+        " learning, with --reduce collection; alone, with --dim 1280), the whitened PCA"
+        " (default with --reduce head) or the PCA",
     )
     sp.add_argument(
         "--center",
@@ -310,8 +327,18 @@ def register(add: AddCommand) -> None:
         metavar="POWER",
         help="metric learning with --center collection: scale the outputs' principal"
         " coordinates on the collection by their variance ** POWER, fitted with the"
-        " collection's mean (default 0.25 for metric learning; 0.5: the second-order similarity"
+        " collection's mean (default 0.35 for metric learning; 0.5: the second-order similarity"
         " through the collection; 0: off)",
+    )
+    sp.add_argument(
+        "--reduce",
+        default=None,
+        choices=["head", "collection"],
+        help="metric learning: how the embedding reaches --dim: head (the head's linear part"
+        " maps to it) or collection (the residual head stays in the feature space from the"
+        " identity, and its outputs are projected on the top --dim principal axes of the"
+        " collection it indexes, fitted with its mean; the default for metric learning with a"
+        " residual head centred on the collection)",
     )
     sp.add_argument(
         "--distill",

@@ -36,11 +36,14 @@ def collection_mean(features: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     return mean, fitted
 
 
-def spectral_weighting(u: np.ndarray, power: float) -> np.ndarray:
+def spectral_weighting(u: np.ndarray, power: float, keep: int | None = None) -> np.ndarray:
     """The collection's spectral weighting ``(dim + 1, dim)`` of the rows ``u``: their
     mean, then ``V diag(lambda / lambda_max) ** power``, with ``V, lambda`` the principal
     axes and variances of the centred rows, so that ``(u - mean) @ map`` scales each
-    principal coordinate by ``lambda ** power``.
+    principal coordinate by ``lambda ** power``. ``keep``: only the top ``keep`` axes, in
+    decreasing variance: the rows reduced to the collection's principal subspace (PCA,
+    Pearson 1901; ``power = 0`` is that projection alone); below ``dim`` the first row of
+    the ``(dim + 1, keep)`` result is then the projected mean ``mean @ map``.
 
     ``power = -0.5`` is PCA-whitening (Jegou & Chum, ECCV 2012); a positive power does the
     opposite and stresses the collection's dominant directions. At ``power = 0.5`` the
@@ -56,11 +59,18 @@ def spectral_weighting(u: np.ndarray, power: float) -> np.ndarray:
     vals, vecs = np.linalg.eigh(xc.T @ xc / max(len(xc) - 1, 1))
     vals = np.maximum(vals, 0.0) / max(float(vals.max()), 1e-30)
     scale = vals.clip(1e-12) ** power if power < 0 else vals**power
-    return np.concatenate([mean[None], vecs * scale[None]]).astype(np.float32)
+    mapping = vecs * scale[None]
+    if keep is not None and keep < len(mean):  # eigh sorts ascending: the last are the top
+        mapping = np.ascontiguousarray(mapping[:, ::-1][:, : int(keep)])
+        mean = mean @ mapping
+    return np.concatenate([mean[None], mapping]).astype(np.float32)
 
 
 def apply_weighting(u: np.ndarray, weighting: np.ndarray) -> np.ndarray:
-    """Rows ``u`` mapped by a :func:`spectral_weighting` (its mean row, then the matrix)."""
+    """Rows ``u`` mapped by a :func:`spectral_weighting` (its mean row, then the matrix;
+    a reducing map's first row is the projected mean)."""
+    if weighting.shape[1] < weighting.shape[0] - 1:
+        return u @ weighting[1:] - weighting[0]
     return (u - weighting[0]) @ weighting[1:]
 
 

@@ -110,6 +110,14 @@ class LearnedTransform:
         #: collection centring): its power, the fitted map (the outputs' mean row, then
         #: the matrix; :func:`cbir.heads.base.spectral_weighting`) and its file's record
         self.spectral = float(ckpt["input"].get("spectral", 0.0)) if self.center else 0.0
+        #: ``--reduce collection``: the embedding dimension the head's (feature-space)
+        #: outputs are reduced to, on the collection's principal axes fitted with the mean
+        #: (the spectral map keeps that many axes); None: the head's own dimension
+        self.reduce: int | None = (
+            (int(ckpt["input"].get("reduce") or 0) or None) if self.center else None
+        )
+        if self.reduce:
+            self.dim = self.reduce
         self.spectral_map: np.ndarray | None = None
         self.spectral_file: dict[str, str] | None = None
         self.root: Path | None = None
@@ -161,16 +169,26 @@ class LearnedTransform:
         )
 
     @torch.no_grad()
-    def outputs(self, features: np.ndarray, batch: int = 8192) -> np.ndarray:
-        """Real-valued head outputs ``(n, dim)`` (before sign / normalisation)."""
+    def head_outputs(self, features: np.ndarray, batch: int = 8192) -> np.ndarray:
+        """The head's own outputs, before the collection's spectral map."""
         x = torch.from_numpy(np.array(features, dtype=np.float32))
         mean = self.train_mean if self.mean is None else self.mean  # not fitted: training mean
         out = []
         for i in range(0, len(x), batch):
             out.append(self.head((x[i : i + batch] - mean) / self.std))
         if not out:
-            return np.zeros((0, self.dim), np.float32)
-        u = torch.cat(out).numpy()
+            return np.zeros((0, int(self.ckpt["head"]["out_dim"])), np.float32)
+        return torch.cat(out).numpy()
+
+    def outputs(self, features: np.ndarray, batch: int = 8192) -> np.ndarray:
+        """Real-valued head outputs ``(n, dim)`` (before sign / normalisation)."""
+        if self.reduce and self.spectral_map is None:
+            raise CbirError(
+                "this model reduces its outputs on the principal axes of the collection it"
+                " embeds (--reduce collection); they are fitted when an index is built: use"
+                " `cbir index FOLDER --index INDEX --model RUN_DIR` (or `--refit-center`)"
+            )
+        u = self.head_outputs(features, batch)
         if self.spectral_map is not None:  # fitted with the mean (not fitted: unweighted)
             u = apply_weighting(u, self.spectral_map)
         return u
@@ -235,9 +253,10 @@ class LearnedTransform:
         if self.center and self.mean is None and len(features):
             m, self.fitted = collection_mean(features)
             self.mean = torch.from_numpy(m)
-            if self.spectral:  # on the head's outputs of the same collection
+            if self.spectral or self.reduce:  # on the head's outputs of the same collection
                 self.spectral_map, self.spectral_file = None, None
-                self.spectral_map = spectral_weighting(self.outputs(features), self.spectral)
+                u = self.head_outputs(features)
+                self.spectral_map = spectral_weighting(u, self.spectral, keep=self.reduce)
                 self._write_spectral()
 
     def _write_spectral(self) -> None:
@@ -291,8 +310,10 @@ class LearnedTransform:
                     out["fitted"] = dict(self.fitted)
             if self.spectral:
                 out["spectral"] = self.spectral
-                if self.spectral_file is not None:
-                    out["spectral_map"] = dict(self.spectral_file)
+            if self.reduce:
+                out["reduce"] = self.reduce
+            if (self.spectral or self.reduce) and self.spectral_file is not None:
+                out["spectral_map"] = dict(self.spectral_file)
         return out
 
 
@@ -310,7 +331,7 @@ def load_learned(spec: dict[str, Any], root: Path | None) -> LearnedTransform:
         t.mean = torch.tensor(spec["mean"], dtype=torch.float32)
         t.fitted = spec.get("fitted")
     t.root = Path(root)
-    if t.spectral and t.mean is not None and spec.get("spectral_map"):
+    if (t.spectral or t.reduce) and t.mean is not None and spec.get("spectral_map"):
         t.spectral_file = dict(spec["spectral_map"])
         t.spectral_map = read_fitted_array(root, t.spectral_file, "spectral weighting")
     return t

@@ -122,6 +122,14 @@ def plot_tsne(
     _save(fig, Path(path))
 
 
+def _outputs(transform: Any, query: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The head's outputs of ``query[idx]``; a model that reduces its outputs on the
+    collection's principal axes (``--reduce collection``) fits them on the queries first."""
+    if getattr(transform, "reduce", None) and transform.spectral_map is None:
+        transform.fit(query)
+    return transform.outputs(query[idx])
+
+
 def write_tsne(
     run: str | os.PathLike[str],
     transform: Any,
@@ -141,7 +149,7 @@ def write_tsne(
         raise CbirError(
             f"{run}: a t-SNE map needs at least 5 query images, the protocol has {len(idx)}"
         )
-    outputs = transform.outputs(np.asarray(query[idx]))
+    outputs = _outputs(transform, np.asarray(query), idx)
     classes = class_of(np.asarray(labels)[idx])
     xy = tsne_map(outputs, seed, perplexity)
     plot_tsne(run / TSNE_PNG, xy, classes, title, names)
@@ -213,7 +221,7 @@ def redraw(
                 f"protocol now has {len(query)}; redraw with --points N for a new subset"
             )
         idx = np.asarray(saved["indices"], np.int64)
-        outputs = transform.outputs(np.asarray(query[idx]))
+        outputs = _outputs(transform, np.asarray(query), idx)
         xy = tsne_map(outputs, seed, perp)
         tsne_title = saved.get("title") or f"{title}: query embedding (t-SNE)"
         plot_tsne(run / TSNE_PNG, xy, class_of(np.asarray(labels)[idx]), tsne_title, names)

@@ -36,13 +36,16 @@ def make_checkpoint(
     extra: dict[str, Any],
     center: str = "train",
     spectral: float = 0.0,
+    reduce: int | None = None,
 ) -> dict[str, Any]:
     """The checkpoint of a trained head (read back by :class:`cbir.heads.learned.LearnedTransform`).
 
     ``center``: "train" (inputs centred on ``mean``) or "collection" (on the mean of the
     collection the head embeds, fitted at index / evaluation time). ``spectral``: the
     power of the collection's spectral weighting of the outputs, fitted with that mean
-    (0: none; :func:`cbir.heads.base.spectral_weighting`).
+    (0: none; :func:`cbir.heads.base.spectral_weighting`). ``reduce``: the embedding
+    dimension when the head's outputs are reduced on the collection's principal axes
+    (``--reduce collection``; None: the head's own output dimension).
     """
     return {
         "format": FORMAT,
@@ -55,6 +58,7 @@ def make_checkpoint(
             "std": torch.from_numpy(np.asarray(std, np.float32)),
             **({"center": center} if center != "train" else {}),
             **({"spectral": float(spectral)} if spectral else {}),
+            **({"reduce": int(reduce)} if reduce else {}),
         },
         "backbone": fingerprint,
         "config": json.loads(json.dumps(cfg.to_dict())),

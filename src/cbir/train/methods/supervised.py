@@ -37,6 +37,8 @@ from cbir.train.runs import make_checkpoint
 EVAL_KEYS = ("map", "p@h2", "map@r", "recall@1")
 #: How a metric head's inputs are centred when it embeds (``--center``).
 CENTERS = ("train", "collection")
+#: How a metric head's embedding reaches --dim (``--reduce``).
+REDUCES = ("head", "collection")
 #: Pairwise hashing losses that can pair a batch with the whole training set.
 MEMORY_BANK = ("dsh", "dpsh", "hashnet", "dch")
 
@@ -166,9 +168,23 @@ class SupervisedHead(Trainable):
         fp = self.data.fingerprint
         center = getattr(self.cfg.options, "center", "train")
         spectral = getattr(self.cfg.options, "spectral", 0.0)
+        reduce = self.cfg.options.width if self.reduces else None
         return make_checkpoint(
-            self.cfg, self.head, self.mean, self.std, fp, {**extra, **self.extra}, center, spectral
+            self.cfg,
+            self.head,
+            self.mean,
+            self.std,
+            fp,
+            {**extra, **self.extra},
+            center,
+            spectral,
+            reduce,
         )
+
+    @property
+    def reduces(self) -> bool:
+        """The outputs are reduced to the width on the collection (``--reduce collection``)."""
+        return getattr(self.cfg.options, "reduce", "head") == "collection"
 
     def finish(self, run: Any) -> TrainData:
         """Write the fine-tuned backbone (run/backbone.pt); the data of its features."""
@@ -209,14 +225,35 @@ class MetricHead(SupervisedHead):
     def standardise(self) -> bool:
         return self.cfg.options.head == "mlp"  # type: ignore[attr-defined]
 
+    @property
+    def width(self) -> int:
+        """The head's output dimension: ``--dim``, or the features' (``--reduce collection``)."""
+        opts: Any = self.cfg.options
+        return self.x.shape[1] if self.reduces else int(opts.dim)
+
     def make_head(self) -> nn.Module:
         opts: Any = self.cfg.options
+        if opts.reduce not in REDUCES:
+            raise CbirError(f"unknown --reduce {opts.reduce!r}; use {' or '.join(REDUCES)}")
+        if self.reduces and (
+            opts.head != "residual" or opts.head_init != "identity" or opts.center != "collection"
+        ):
+            raise CbirError(
+                "--reduce collection trains a residual head in the feature space from the"
+                " identity and projects its outputs on the collection's principal axes: it"
+                " needs --head residual --head-init identity --center collection; or use"
+                " --reduce head"
+            )
+        if self.reduces and opts.dim > self.x.shape[1]:
+            raise CbirError(
+                f"--reduce collection: --dim is at most the feature dimension {self.x.shape[1]}"
+            )
         if opts.head == "mlp":
             return super().make_head()
         if opts.head != "residual":
             raise CbirError(f"unknown --head {opts.head!r}; use {' or '.join(HEADS)}")
         head = ResidualHead(
-            self.x.shape[1], opts.dim, self.cfg.hidden, self.cfg.dropout, self.cfg.batchnorm
+            self.x.shape[1], self.width, self.cfg.hidden, self.cfg.dropout, self.cfg.batchnorm
         )
         head.initialise(opts.head_init, self.x)
         return head
@@ -235,7 +272,7 @@ class MetricHead(SupervisedHead):
                 "--spectral weights the outputs by the collection they embed; it needs"
                 " --center collection (and --head residual), or --spectral 0"
             )
-        return get_metric_loss(self.cfg.method, opts.dim, n_classes, **opts.loss_options)
+        return get_metric_loss(self.cfg.method, self.width, n_classes, **opts.loss_options)
 
     def make_miner(self) -> Any:
         miner = self.cfg.options.miner  # type: ignore[attr-defined]
