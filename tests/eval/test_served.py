@@ -199,7 +199,7 @@ def test_a_metric_run_with_the_cli_defaults_serves_what_evaluate_measures(
     _json("index", str(labelled_folder), "--index", str(idx), "--model", str(run))
     info = _json("info", str(idx))
     spec = info["model"]
-    assert info["dimension"] == 8 and spec["reduce"] == 8 and spec["spectral"] == 0.35
+    assert info["dimension"] == 8 and spec["reduce"] == 8 and spec["spectral"] == 0.4
     assert (idx / spec["spectral_map"]["file"]).exists()
     results = _json("search", str(idx), str(labelled_folder), "-k", "24")
     ev = _json("evaluate", "--index", str(idx), "--labels", "folder")

@@ -327,7 +327,7 @@ def register(add: AddCommand) -> None:
         metavar="POWER",
         help="metric learning with --center collection: scale the outputs' principal"
         " coordinates on the collection by their variance ** POWER, fitted with the"
-        " collection's mean (default 0.35 for metric learning; 0.5: the second-order similarity"
+        " collection's mean (default 0.4 for metric learning; 0.5: the second-order similarity"
         " through the collection; 0: off)",
     )
     sp.add_argument(
@@ -346,7 +346,7 @@ def register(add: AddCommand) -> None:
         default=None,
         metavar="WEIGHT",
         help="metric learning: weight of the distillation of the frozen similarities of each"
-        " batch (default 1.0; 0: off)",
+        " batch (default 4.0; 0: off)",
     )
     sp.add_argument(
         "--memory-bank",

@@ -100,17 +100,17 @@ class MetricOptions(MethodOptions):
 #: with a linear branch, a small learning rate, the frozen similarities distilled into every
 #: batch, its inputs centred on the mean of the collection it embeds (as the frozen
 #: backbone's), and its outputs reduced to --dim on the collection's principal axes and
-#: weighted by the collection's spectrum (--reduce collection --spectral 0.35, fitted with
-#: that mean), after 5 epochs.
+#: weighted by the collection's spectrum (--reduce collection --spectral 0.4, fitted with
+#: that mean), distillation weight 4, after 5 epochs.
 METRIC_RECIPE: dict[str, Any] = {
     "epochs": 5,
     "lr": 1e-4,
     "hidden": [],
     "head": "residual",
     "head_init": "identity",
-    "distill": 1.0,
+    "distill": 4.0,
     "center": "collection",
-    "spectral": 0.35,
+    "spectral": 0.4,
     "reduce": "collection",
 }
 #: The defaults of `cbir train` for every other family.
