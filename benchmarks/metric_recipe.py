@@ -166,8 +166,8 @@ def main() -> None:
         held = np.concatenate(
             [rng.choice(np.flatnonzero(ytr == c), 1000, replace=False) for c in range(10)]
         )
-        keep = np.setdiff1d(np.arange(len(ytr)), held)
-        x, y, q, yq = xtr[keep], ytr[keep], xtr[held], ytr[held]
+        rest = np.setdiff1d(np.arange(len(ytr)), held)
+        x, y, q, yq = xtr[rest], ytr[rest], xtr[held], ytr[held]
         mean = x.mean(0)  # the collection (database) mean, as --center collection fits it
 
         def figures(embed: Callable[[np.ndarray], np.ndarray]) -> list:
