@@ -235,3 +235,26 @@ def test_reduce_on_the_collection_projects_on_its_principal_axes(pixels, tmp_pat
         untrained(x, y, dim=16, **{**opts, "head_init": "pca"})
     with pytest.raises(CbirError, match="--center collection"):
         untrained(x, y, dim=16, **{**opts, "center": "train"})
+
+
+def test_the_cli_defaults_reduce_on_the_collection_unless_another_head_is_asked_for():
+    """`cbir train` metric defaults: --reduce collection with the identity start; --head mlp,
+    --center train or a PCA start reduce in the head; --reduce head alone starts from the
+    whitened PCA."""
+    import argparse
+
+    from cbir.cli.train import _fit_reduce_defaults
+    from cbir.train.config import METRIC_RECIPE
+
+    def resolved(**given: Any) -> tuple[str, str]:
+        args = argparse.Namespace(**{**METRIC_RECIPE, **given})
+        _fit_reduce_defaults(args, set(given))
+        return args.reduce, args.head_init
+
+    assert resolved() == ("collection", "identity")
+    assert resolved(head_init="identity") == ("collection", "identity")
+    assert resolved(head="mlp")[0] == "head"
+    assert resolved(center="train")[0] == "head"
+    assert resolved(head_init="pca") == ("head", "pca")
+    assert resolved(reduce="head") == ("head", "pca-whiten")
+    assert resolved(reduce="collection", head_init="pca") == ("collection", "pca")

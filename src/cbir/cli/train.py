@@ -54,7 +54,7 @@ def _fit_reduce_defaults(args: argparse.Namespace, given: set[str]) -> None:
     head asked for otherwise (``--head mlp``, ``--center train``, ``--head-init pca...``)
     reduces in the head, and ``--reduce head`` alone starts from the whitened PCA."""
     if "reduce" not in given and (
-        args.head != "residual" or args.center != "collection" or "head_init" in given
+        args.head != "residual" or args.center != "collection" or args.head_init != "identity"
     ):
         args.reduce = "head"
     if args.reduce == "head" and "head_init" not in given and args.head_init == "identity":
