@@ -263,12 +263,7 @@ class EfficientNetLite0(ExportSession):
         self.scales = pooling_mod.parse_scales(scales)
         self.flip = bool(flip)
         self.power = pooling_mod.parse_power(power)
-        if (
-            self.pooling == pooling_mod.DEFAULT
-            and self.scales == (1.0,)
-            and not self.flip
-            and self.power == 1.0
-        ):
+        if not self.pooling_options():  # the graph's own global average pooling
             self.session = cpu_session(onnx_path(size, weights, self.weights), threads)
             self.map_sessions: list[tuple[int, Any]] = []
         else:  # one feature-map export per scale's input size
@@ -278,26 +273,32 @@ class EfficientNetLite0(ExportSession):
             ]
             self.session = self.map_sessions[0][1]
 
+    def pooling_options(self) -> dict[str, Any]:
+        """The ``pooling``, ``scales``, ``flip`` and ``power`` that are not the defaults
+        (empty: the graph's own global average of one unmirrored scale)."""
+        out: dict[str, Any] = {}
+        if self.pooling != pooling_mod.DEFAULT:
+            out["pooling"] = self.pooling
+        if self.scales != (1.0,):
+            out["scales"] = list(self.scales)
+        if self.flip:
+            out["flip"] = True
+        if self.power != 1.0:
+            out["power"] = self.power
+        return out
+
     @property
     def fingerprint(self) -> dict:
-        """What an index records to refuse queries from a different model (``pooling``,
-        ``scales``, ``flip`` and ``power`` only when not the default, so older indexes keep
-        their fingerprint)."""
-        fp = {
+        """What an index records to refuse queries from a different model (the
+        :meth:`pooling_options` only when not the defaults, so older indexes keep their
+        fingerprint)."""
+        return {
             "backbone": self.name,
             "weights": self.weights,
             "dim": self.dim,
             "preprocess": self.preprocess.to_dict(),
+            **self.pooling_options(),
         }
-        if self.pooling != pooling_mod.DEFAULT:
-            fp["pooling"] = self.pooling
-        if self.scales != (1.0,):
-            fp["scales"] = list(self.scales)
-        if self.flip:
-            fp["flip"] = True
-        if self.power != 1.0:
-            fp["power"] = self.power
-        return fp
 
     def feature_maps(self, batch: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         """The last feature map ``(n, 1280, h, w)`` at each scale, and the full-scale
