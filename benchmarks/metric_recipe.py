@@ -50,12 +50,20 @@ def all_vs_all(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return round(float(m["recall@1"]), 4), round(float(m["map@r"]), 4)
 
 
-def weighted(z: np.ndarray, power: float, keep: int | None = None) -> np.ndarray:
-    """``z`` under the spectral weighting of power ``power`` fitted on ``z`` (0: as is),
-    reduced to its top ``keep`` principal axes (``--reduce collection``)."""
+def fitted_map(
+    z: np.ndarray, power: float, keep: int | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The spectral weighting of power ``power`` fitted on ``z`` (0: none), reduced to its
+    top ``keep`` principal axes (``--reduce collection``), as a function of rows."""
     if not power and keep is None:
-        return z
-    return apply_weighting(z, spectral_weighting(z, power, keep=keep))
+        return lambda v: v
+    w = spectral_weighting(z, power, keep=keep)
+    return lambda v: apply_weighting(v, w)
+
+
+def weighted(z: np.ndarray, power: float, keep: int | None = None) -> np.ndarray:
+    """``z`` under :func:`fitted_map` fitted on ``z`` itself."""
+    return fitted_map(z, power, keep)(z)
 
 
 def query_database(q: np.ndarray, yq: np.ndarray, d: np.ndarray, yd: np.ndarray) -> tuple:
@@ -174,8 +182,7 @@ def main() -> None:
             zq, zd = embed(q - mean), embed(x - mean)
             out = []
             for p in powers:
-                w = spectral_weighting(zd, p, keep=keep) if p or keep else None
-                f = (lambda z: z) if w is None else (lambda z, w=w: apply_weighting(z, w))
+                f = fitted_map(zd, p, keep)
                 out.append(query_database(f(zq), yq, f(zd), y))
             return out
 

@@ -118,6 +118,8 @@ class LearnedTransform:
         )
         if self.reduce:
             self.dim = self.reduce
+        #: a map fitted on the collection's outputs applies (``--spectral`` or ``--reduce``)
+        self.maps_outputs = bool(self.spectral or self.reduce)
         self.spectral_map: np.ndarray | None = None
         self.spectral_file: dict[str, str] | None = None
         self.root: Path | None = None
@@ -253,7 +255,7 @@ class LearnedTransform:
         if self.center and self.mean is None and len(features):
             m, self.fitted = collection_mean(features)
             self.mean = torch.from_numpy(m)
-            if self.spectral or self.reduce:  # on the head's outputs of the same collection
+            if self.maps_outputs:  # on the head's outputs of the same collection
                 self.spectral_map, self.spectral_file = None, None
                 u = self.head_outputs(features)
                 self.spectral_map = spectral_weighting(u, self.spectral, keep=self.reduce)
@@ -312,7 +314,7 @@ class LearnedTransform:
                 out["spectral"] = self.spectral
             if self.reduce:
                 out["reduce"] = self.reduce
-            if (self.spectral or self.reduce) and self.spectral_file is not None:
+            if self.maps_outputs and self.spectral_file is not None:
                 out["spectral_map"] = dict(self.spectral_file)
         return out
 
@@ -331,7 +333,7 @@ def load_learned(spec: dict[str, Any], root: Path | None) -> LearnedTransform:
         t.mean = torch.tensor(spec["mean"], dtype=torch.float32)
         t.fitted = spec.get("fitted")
     t.root = Path(root)
-    if (t.spectral or t.reduce) and t.mean is not None and spec.get("spectral_map"):
+    if t.maps_outputs and t.mean is not None and spec.get("spectral_map"):
         t.spectral_file = dict(spec["spectral_map"])
         t.spectral_map = read_fitted_array(root, t.spectral_file, "spectral weighting")
     return t

@@ -226,7 +226,7 @@ class MetricHead(SupervisedHead):
         return self.cfg.options.head == "mlp"  # type: ignore[attr-defined]
 
     @property
-    def width(self) -> int:
+    def head_width(self) -> int:
         """The head's output dimension: ``--dim``, or the features' (``--reduce collection``)."""
         opts: Any = self.cfg.options
         return self.x.shape[1] if self.reduces else int(opts.dim)
@@ -253,7 +253,7 @@ class MetricHead(SupervisedHead):
         if opts.head != "residual":
             raise CbirError(f"unknown --head {opts.head!r}; use {' or '.join(HEADS)}")
         head = ResidualHead(
-            self.x.shape[1], self.width, self.cfg.hidden, self.cfg.dropout, self.cfg.batchnorm
+            self.x.shape[1], self.head_width, self.cfg.hidden, self.cfg.dropout, self.cfg.batchnorm
         )
         head.initialise(opts.head_init, self.x)
         return head
@@ -272,7 +272,7 @@ class MetricHead(SupervisedHead):
                 "--spectral weights the outputs by the collection they embed; it needs"
                 " --center collection (and --head residual), or --spectral 0"
             )
-        return get_metric_loss(self.cfg.method, self.width, n_classes, **opts.loss_options)
+        return get_metric_loss(self.cfg.method, self.head_width, n_classes, **opts.loss_options)
 
     def make_miner(self) -> Any:
         miner = self.cfg.options.miner  # type: ignore[attr-defined]
